@@ -1,0 +1,1 @@
+"""Embedded default data: deterministic toy datasets written on first use."""

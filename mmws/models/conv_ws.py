@@ -1,0 +1,115 @@
+"""Weight Standardization (Qiao et al., arXiv 1903.10520): ``mmws.ConvWS``.
+
+A drop-in ``nn.Conv2d`` that convolves with each output filter standardized to zero mean and
+unit variance. WS reparameterizes the weight (the gradient flows through the statistics) and
+smooths the loss landscape; it is meant for convs followed by a normalization (GN, BCN, BN).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from .functional import standardize_weight
+
+
+@MODELS.register_module()
+class ConvWS(nn.Conv2d):
+    """2D convolution with Weight Standardization.
+
+    Takes ``nn.Conv2d``'s arguments (stride, padding and padding modes, dilation, groups, bias)
+    and keeps its ``weight``/``bias`` state-dict keys, so plain conv checkpoints load as they
+    are. The forward convolves with ``Ŵ = (W - μ) / σ``, ``μ`` and ``σ`` taken per output filter
+    over its ``n = in_channels / groups * kH * kW`` entries (see
+    :func:`mmws.models.functional.standardize_weight`)::
+
+        σ = std(W) + eps            (default, eps_inside_sqrt=False)
+        σ = sqrt(var(W) + eps)      (eps_inside_sqrt=True)
+
+    the variance unbiased (``1/(n-1)``, default) or biased (``1/n``). The default reproduces
+    the released GN+WS weights (the authors' detection, segmentation and GN+WS ImageNet code;
+    mmcv's ``ConvWS2d``); the authors' BCN+WS ImageNet weights use
+    ``eps_inside_sqrt=True``; the paper's text uses ``unbiased=False``.
+
+    In ``eval()`` mode without autograd, the standardized weight is cached and reused while
+    the weight tensor is unchanged (same storage and version counter), so inference costs a
+    plain conv. Any in-place change (``load_state_dict``, an optimizer step), a move to another
+    device or dtype, or ``train()`` invalidates the cache. Under ``torch.autocast`` the
+    weight statistics are computed in float32.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype: As ``nn.Conv2d``.
+        eps: Added to the std (or the variance).
+        unbiased: Whether the filter variance divides by ``n - 1`` (else ``n``).
+        eps_inside_sqrt: Whether ``eps`` goes inside the square root.
+
+    Shape:
+        Input ``(N, in_channels, H, W)`` with any ``N >= 0``; output as ``nn.Conv2d``.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size,
+                 stride=1,
+                 padding=0,
+                 dilation=1,
+                 groups: int = 1,
+                 bias: bool = True,
+                 padding_mode: str = 'zeros',
+                 device=None,
+                 dtype=None,
+                 eps: float = 1e-5,
+                 unbiased: bool = True,
+                 eps_inside_sqrt: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        fan_in = self.weight[0].numel()
+        if unbiased and fan_in < 2:
+            raise ValueError(
+                f'ConvWS with unbiased=True needs at least 2 weights per filter, got '
+                f'{fan_in} (in_channels/groups={in_channels // groups}, '
+                f'kernel_size={self.kernel_size}); use unbiased=False')
+        if eps < 0:
+            raise ValueError(f'ConvWS eps must be >= 0, got {eps}')
+        self.eps = eps
+        self.unbiased = unbiased
+        self.eps_inside_sqrt = eps_inside_sqrt
+        self._cached_weight: Optional[Tensor] = None
+        self._cached_key: Optional[Tuple] = None
+
+    def standardized_weight(self) -> Tensor:
+        """The weight the conv uses, ``(out_channels, in_channels/groups, kH, kW)``."""
+        return standardize_weight(self.weight, self.eps, self.unbiased,
+                                  self.eps_inside_sqrt).to(self.weight.dtype)
+
+    def _weight_key(self) -> Tuple:
+        weight = self.weight
+        return (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+
+    def _inference_weight(self) -> Tensor:
+        key = self._weight_key()
+        if self._cached_key != key:
+            self._cached_weight = self.standardized_weight()
+            self._cached_key = key
+        return self._cached_weight
+
+    def train(self, mode: bool = True) -> 'ConvWS':
+        self._cached_weight = self._cached_key = None
+        return super().train(mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        use_cache = not (self.training or torch.is_grad_enabled())
+        weight = self._inference_weight() if use_cache else self.standardized_weight()
+        return self._conv_forward(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, eps={self.eps}, unbiased={self.unbiased}, '
+                f'eps_inside_sqrt={self.eps_inside_sqrt}')
+
+    def __getstate__(self):
+        # The cache is derived state: never pickle or deepcopy it.
+        state = super().__getstate__()
+        state = dict(state, _cached_weight=None, _cached_key=None)
+        return state

@@ -1,0 +1,290 @@
+"""The maths of Weight Standardization and Batch-Channel Normalization as pure tensor functions.
+
+Qiao et al., *Micro-Batch Training with Batch-Channel Normalization and Weight Standardization*
+(arXiv 1903.10520). The modules in :mod:`mmws.models` hold state and registration and call these
+functions; the fusion tool and the tests share the same definitions.
+
+Notation: ``x`` has shape ``(N, C, *S)`` with ``M = prod(S)`` spatial positions, ``G`` groups of
+``K = C / G`` channels. BCN is ``CN(BN(x))``::
+
+    BN:  y[n,c]   = a[c] * x[n,c] + b[c],   a = γ_bn / sqrt(var + eps),  b = β_bn - a * mean
+    CN:  z[n,c]   = γ[c] * (y[n,c] - m[n,g]) / sqrt(v[n,g] + eps) + β[c]
+
+where (mean, var) are the per-channel statistics the batch part normalizes with (estimates, or
+the batch's own) and (m, v) the per-sample, per-group biased statistics of ``y``.
+"""
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+Moments = Tuple[Tensor, Tensor]
+
+
+def standardize_weight(weight: Tensor,
+                       eps: float = 1e-5,
+                       unbiased: bool = True,
+                       eps_inside_sqrt: bool = False) -> Tensor:
+    """Standardize each output filter of a conv weight (Weight Standardization).
+
+    For ``weight`` of shape ``(O, I/groups, *kernel)`` and each filter ``W_o`` with
+    ``n = I/groups * prod(kernel)`` entries::
+
+        μ_o = mean(W_o)
+        σ_o = std(W_o) + eps          (eps_inside_sqrt=False, default)
+        σ_o = sqrt(var(W_o) + eps)    (eps_inside_sqrt=True)
+        Ŵ_o = (W_o - μ_o) / σ_o
+
+    with the variance unbiased (``1/(n-1)``, default) or biased (``1/n``). The default form
+    reproduces the released GN+WS weights (the authors' PyTorch code and mmcv's ``ConvWS2d``);
+    ``unbiased=True, eps_inside_sqrt=True`` is the authors' BCN+WS ImageNet code; the paper text
+    uses ``unbiased=False, eps_inside_sqrt=False``.
+
+    The statistics are computed in float32 (or float64) whatever the weight's dtype, in one
+    fused ``var_mean`` pass. A constant filter standardizes to zeros, with finite gradients.
+
+    Args:
+        weight: Conv weight, shape ``(O, I/groups, *kernel)``.
+        eps: Added to the std (or the variance, see ``eps_inside_sqrt``).
+        unbiased: Whether the variance divides by ``n - 1`` instead of ``n``.
+        eps_inside_sqrt: Whether ``eps`` is added inside the square root.
+
+    Returns:
+        The standardized weight, same shape, in the statistics' dtype (float32 or float64).
+    """
+    stats_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    flat = weight.to(stats_dtype).flatten(1)
+    var, mean = torch.var_mean(flat, dim=1, correction=int(unbiased), keepdim=True)
+    if eps_inside_sqrt:
+        inv_std = torch.rsqrt(var + eps)
+    else:
+        # clamp_min keeps sqrt's gradient finite for constant filters (var == 0); the value
+        # changes only below the dtype's smallest normal number.
+        inv_std = 1.0 / (var.clamp_min(torch.finfo(stats_dtype).tiny).sqrt() + eps)
+    return ((flat - mean) * inv_std).view_as(weight)
+
+
+def spatial_moments(x: Tensor) -> Moments:
+    """Per-sample, per-channel biased mean and variance over the spatial dims.
+
+    Args:
+        x: Input, shape ``(N, C, *S)``.
+
+    Returns:
+        ``(mean, var)``, each of shape ``(N, C)`` in float32 (float64 for float64 input).
+    """
+    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if x.dim() == 2:
+        return x.to(stats_dtype, copy=True), x.new_zeros(x.shape, dtype=stats_dtype)
+    var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), correction=0)
+    return mean.to(stats_dtype), var.to(stats_dtype)
+
+
+def channel_moments(sample_mean: Tensor, sample_var: Tensor) -> Moments:
+    """Per-channel biased mean and variance over the batch, from per-sample moments.
+
+    All samples have the same number of spatial positions, so by the law of total variance::
+
+        mean[c] = mean_n sample_mean[n,c]
+        var[c]  = mean_n (sample_var[n,c] + (sample_mean[n,c] - mean[c])²)
+
+    Args:
+        sample_mean: Shape ``(N, C)``.
+        sample_var: Shape ``(N, C)``.
+
+    Returns:
+        ``(mean, var)``, each of shape ``(C,)``.
+    """
+    mean = sample_mean.mean(0)
+    var = (sample_var + (sample_mean - mean).square()).mean(0)
+    return mean, var
+
+
+def estimate_update(estimate: Tensor, batch_value: Tensor, rate: float) -> None:
+    """Move an estimate toward a batch statistic in place: ``μ̂ ← (1 - r) μ̂ + r μ_batch``.
+
+    Args:
+        estimate: Running estimate buffer, updated in place.
+        batch_value: This step's statistic, same shape.
+        rate: Update rate ``r`` in ``[0, 1]``.
+    """
+    estimate.lerp_(batch_value.to(estimate.dtype), rate)
+
+
+def batch_affine(mean: Tensor, var: Tensor, bn_weight: Tensor, bn_bias: Tensor,
+                 eps: float) -> Tuple[Tensor, Tensor]:
+    """The batch part of BCN as a per-channel affine ``y = a x + b``.
+
+    ``a = γ_bn / sqrt(var + eps)``, ``b = β_bn - a * mean``; all shapes ``(C,)``.
+    """
+    scale = bn_weight * torch.rsqrt(var + eps)
+    return scale, bn_bias - scale * mean
+
+
+def group_scale_shift(sample_mean: Tensor, sample_var: Tensor, scale: Tensor, shift: Tensor,
+                      weight: Tensor, bias: Tensor, num_groups: int,
+                      eps: float) -> Tuple[Tensor, Tensor]:
+    """Fold BCN into one per-(sample, channel) affine ``z = S x + T`` of the input.
+
+    From the per-sample moments of ``x`` and the batch affine ``(a, b)``, the moments of
+    ``y = a x + b`` are ``(a * sample_mean + b, a² * sample_var)``; the group statistics of ``y``
+    follow by the law of total variance over the ``K`` channels of each group::
+
+        m[n,g] = mean_{c∈g} ȳ[n,c]
+        v[n,g] = mean_{c∈g} (var_y[n,c] + (ȳ[n,c] - m[n,g])²)
+        S[n,c] = γ[c] a[c] / sqrt(v[n,g] + eps)
+        T[n,c] = γ[c] (b[c] - m[n,g]) / sqrt(v[n,g] + eps) + β[c]
+
+    Args:
+        sample_mean: Per-sample channel means of ``x``, shape ``(N, C)``.
+        sample_var: Per-sample channel biased variances of ``x``, shape ``(N, C)``.
+        scale: ``a``, shape ``(C,)``.
+        shift: ``b``, shape ``(C,)``.
+        weight: Channel-part affine ``γ``, shape ``(C,)``.
+        bias: Channel-part affine ``β``, shape ``(C,)``.
+        num_groups: ``G``.
+        eps: Channel-part epsilon.
+
+    Returns:
+        ``(S, T)``, each of shape ``(N, C)``.
+    """
+    n, c = sample_mean.shape
+    y_mean = (scale * sample_mean + shift).view(n, num_groups, c // num_groups)
+    y_var = (scale.square() * sample_var).view(n, num_groups, c // num_groups)
+    group_mean = y_mean.mean(2, keepdim=True)
+    group_var = (y_var + (y_mean - group_mean).square()).mean(2, keepdim=True)
+    group_inv_std = torch.rsqrt(group_var + eps)
+    channel_inv_std = group_inv_std.expand(n, num_groups, c // num_groups).reshape(n, c)
+    group_mean = group_mean.expand(n, num_groups, c // num_groups).reshape(n, c)
+    out_scale = weight * scale * channel_inv_std
+    out_shift = weight * (shift - group_mean) * channel_inv_std + bias
+    return out_scale, out_shift
+
+
+ScaleShiftFn = Callable[..., Tuple[Tensor, Tensor]]
+
+
+def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
+    """View an ``(N, C)`` tensor as ``(N, C, 1, ...)`` in ``x``'s dtype."""
+    return t.to(x.dtype).view(t.shape + (1, ) * (x.dim() - 2))
+
+
+def _spatial_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_s a[n,c,s] * b[n,c,s]`` as shape ``(N, C)``, without a full-size temporary."""
+    n, c = a.shape[:2]
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.bmm(a.reshape(n * c, 1, -1), b.reshape(n * c, -1, 1)).view(n, c)
+    return (a * b).sum(dim=tuple(range(2, a.dim())))
+
+
+class _MomentAffine(torch.autograd.Function):
+    """``z = S(μ, σ², θ) * x + T(μ, σ², θ)`` with ``(μ, σ²)`` the spatial moments of ``x``.
+
+    Full-size work is two passes forward (moments; output) and two backward (the reductions
+    ``Σ g x`` and ``Σ g``; the input gradient), and only ``x`` is saved. The small graph from
+    the ``(N, C)`` moments and parameters ``θ`` to ``(S, T)`` is built with autograd during the
+    forward and differentiated by autograd in the backward, so any per-channel formula (the
+    estimated, batch or synchronized statistics of BCN) gets an exact gradient, and the input
+    gradient needs only the chain rule through the moments::
+
+        dx = g S + dμ / M + 2 dσ² (x - μ) / M
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale_shift_fn: ScaleShiftFn, *params: Tensor) -> Tensor:
+        mean, var = spatial_moments(x)
+        with torch.enable_grad():
+            leaves = [mean.requires_grad_(), var.requires_grad_()]
+            leaves += [p.detach().requires_grad_(needs) for p, needs in
+                       zip(params, ctx.needs_input_grad[2:])]
+            out_scale, out_shift = scale_shift_fn(*leaves)
+        ctx.save_for_backward(x)
+        ctx.small_graph = (leaves, out_scale, out_shift)
+        return torch.addcmul(
+            _broadcastable(out_shift.detach(), x), x, _broadcastable(out_scale.detach(), x))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, = ctx.saved_tensors
+        leaves, out_scale, out_shift = ctx.small_graph
+        spatial_dims = tuple(range(2, x.dim()))
+        grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+        grad_scale = _spatial_dot(grad_out, x).to(out_scale.dtype)
+        grad_shift = (grad_out.sum(spatial_dims) if spatial_dims else grad_out).to(out_shift.dtype)
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        # retain_graph: the outer graph may be differentiated more than once (retain_graph
+        # there); the small graph is freed with ctx.
+        grads = torch.autograd.grad((out_scale, out_shift), wanted, (grad_scale, grad_shift),
+                                    retain_graph=True, allow_unused=True)
+        grads_by_leaf = dict(zip(map(id, wanted), grads))
+        leaf_grads = [grads_by_leaf.get(id(leaf)) for leaf in leaves]
+        grad_mean, grad_var = leaf_grads[:2]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            size = x[0, 0].numel()
+            grad_mean = torch.zeros_like(leaves[0]) if grad_mean is None else grad_mean
+            grad_var = torch.zeros_like(leaves[1]) if grad_var is None else grad_var
+            x_coef = 2.0 * grad_var / size
+            const = grad_mean / size - x_coef * leaves[0].detach()
+            grad_x = torch.addcmul(_broadcastable(const, x), grad_out, _broadcastable(out_scale, x))
+            grad_x.addcmul_(x, _broadcastable(x_coef, x))
+        return (grad_x, None, *leaf_grads[2:])
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def moment_affine(x: Tensor, scale_shift_fn: ScaleShiftFn, params: Sequence[Tensor]) -> Tensor:
+    """Apply ``z = S x + T`` where ``(S, T) = scale_shift_fn(μ, σ², *params)``.
+
+    ``(μ, σ²)`` are the per-sample spatial moments of ``x`` (:func:`spatial_moments`), and
+    ``scale_shift_fn`` maps them and ``params`` to ``(S, T)`` of shape ``(N, C)``. Gradients flow
+    to ``x`` (also through the moments) and to ``params``. Without autograd (``no_grad``, or
+    nothing requiring grad) this runs the same two passes without building a graph.
+
+    Args:
+        x: Input of shape ``(N, C, *S)``, contiguous or channels-last.
+        scale_shift_fn: Differentiable map ``(μ, σ², *params) -> (S, T)``.
+        params: Tensors (parameters) the map depends on.
+
+    Returns:
+        ``z``, same shape, dtype and memory format as ``x``.
+    """
+    needs_graph = torch.is_grad_enabled() and (x.requires_grad or
+                                               any(p.requires_grad for p in params))
+    if needs_graph:
+        return _MomentAffine.apply(x, scale_shift_fn, *params)
+    mean, var = spatial_moments(x)
+    out_scale, out_shift = scale_shift_fn(mean, var, *params)
+    return torch.addcmul(_broadcastable(out_shift, x), x, _broadcastable(out_scale, x))
+
+
+def batch_channel_norm_reference(x: Tensor, mean: Optional[Tensor], var: Optional[Tensor],
+                                 bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
+                                 bias: Tensor, num_groups: int, eps: float) -> Tensor:
+    """BCN as the plain composition ``group_norm(batch_norm(x))`` of library kernels.
+
+    The fallback where the fused path cannot run (tracing and ONNX export).
+
+    Args:
+        x: Input, shape ``(N, C, *S)``.
+        mean: Per-channel mean the batch part uses, ``(C,)``; ``None`` with ``var`` for the
+            batch's own statistics (gradient flows through them).
+        var: Per-channel variance, ``(C,)`` or ``None``.
+        bn_weight, bn_bias: Batch-part affine, ``(C,)``.
+        weight, bias: Channel-part affine, ``(C,)``.
+        num_groups: ``G``.
+        eps: Epsilon of both parts.
+
+    Returns:
+        ``z``, same shape as ``x``.
+    """
+    use_batch_stats = mean is None
+    y = torch.nn.functional.batch_norm(x, mean, var, bn_weight, bn_bias,
+                                       training=use_batch_stats, momentum=0.0, eps=eps)
+    return torch.nn.functional.group_norm(y, num_groups, weight, bias, eps)

@@ -1,0 +1,265 @@
+import copy
+
+import pytest
+import torch
+from reference import ReferenceEstimates, reference_batch_stats, reference_bcn
+from torch import nn
+
+from mmws import BCN
+
+SHAPES = [(2, 8, 5, 7), (1, 64, 9, 9), (3, 16, 4), (2, 32, 3, 3, 3), (4, 8)]
+
+
+def randomize(bcn: BCN, seed: int = 0) -> BCN:
+    """Non-trivial affines and estimates, so every term of the formula is exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    c = bcn.num_features
+    with torch.no_grad():
+        for p in (bcn.weight, bcn.bn_weight):
+            p.copy_(1 + 0.3 * torch.randn(c, generator=gen))
+        for p in (bcn.bias, bcn.bn_bias):
+            p.copy_(0.3 * torch.randn(c, generator=gen))
+        bcn.running_mean.copy_(torch.randn(c, generator=gen))
+        bcn.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+        bcn.num_batches_tracked.fill_(100)
+    return bcn
+
+
+def params_of(bcn):
+    return (bcn.bn_weight, bcn.bn_bias, bcn.weight, bcn.bias)
+
+
+def make_input(shape, seed=1, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.linspace(0.5, 3, shape[1]).view(1, -1, *([1] * (len(shape) - 2)))
+    return (torch.randn(shape, generator=gen) * scale + 0.7).to(dtype)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('mode', ['micro', 'batch', 'sync'])
+def test_eval_uses_estimates(shape, mode):
+    groups = 4 if shape[1] >= 4 else 1
+    bcn = randomize(BCN(shape[1], num_groups=groups, mode=mode)).eval()
+    x = make_input(shape)
+    expected = reference_bcn(x.double(), bcn.running_mean.double(), bcn.running_var.double(),
+                             *(p.double() for p in params_of(bcn)), groups)
+    before = bcn.running_mean.clone()
+    torch.testing.assert_close(bcn(x), expected.float(), rtol=1e-4, atol=1e-4)
+    assert torch.equal(bcn.running_mean, before)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_micro_training_updates_then_normalizes(shape):
+    bcn = randomize(BCN(shape[1], num_groups=4, momentum=0.2)).train()
+    ref = ReferenceEstimates(shape[1], 0.2)
+    ref.mean, ref.var, ref.steps = (bcn.running_mean.double().clone(),
+                                    bcn.running_var.double().clone(), 100)
+    for step in range(3):
+        x = make_input(shape, seed=step)
+        out = bcn(x)
+        ref.update(*reference_batch_stats(x.double()))
+        expected = reference_bcn(x.double(), ref.mean, ref.var,
+                                 *(p.double() for p in params_of(bcn)), 4)
+        torch.testing.assert_close(bcn.running_mean, ref.mean.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bcn.running_var, ref.var.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, expected.float(), rtol=1e-4, atol=1e-4)
+    assert int(bcn.num_batches_tracked) == 103
+
+
+def test_average_warmup_schedule():
+    bcn = BCN(8, num_groups=2, momentum=0.25)
+    ref = ReferenceEstimates(8, 0.25)
+    rates = []
+    for step in range(6):
+        rates.append(bcn.update_rate())
+        x = make_input((2, 8, 4, 4), seed=step)
+        bcn(x)
+        ref.update(*reference_batch_stats(x.double()))
+    assert rates == [1.0, 0.5, pytest.approx(1 / 3), 0.25, 0.25, 0.25]
+    torch.testing.assert_close(bcn.running_var, ref.var.float(), rtol=1e-5, atol=1e-6)
+    # the first step copies the batch statistics: no bias from the (0, 1) initialization
+    fresh = BCN(8, num_groups=2)
+    x = make_input((1, 8, 6, 6))
+    fresh(x)
+    torch.testing.assert_close(fresh.running_mean, reference_batch_stats(x)[0])
+
+
+def test_no_warmup_and_frozen_estimates():
+    bcn = BCN(8, num_groups=2, momentum=0.1, average_warmup=False)
+    assert bcn.update_rate() == 0.1
+    x = make_input((1, 8, 5, 5))
+    bcn(x)
+    torch.testing.assert_close(bcn.running_mean, 0.1 * reference_batch_stats(x)[0])
+    frozen = randomize(BCN(8, num_groups=2, momentum=0.0))
+    before = frozen.state_dict()
+    frozen(x)
+    for key, value in frozen.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize('shape', [(4, 8, 5, 5), (2, 16, 3), (3, 8, 2, 2, 2)])
+@pytest.mark.parametrize('mode', ['batch', 'sync'])
+def test_batch_modes_use_batch_statistics(shape, mode):
+    bcn = randomize(BCN(shape[1], num_groups=4, mode=mode, momentum=0.1)).train()
+    x = make_input(shape).requires_grad_()
+    out = bcn(x)
+    mean, var = reference_batch_stats(x.double())
+    expected = reference_bcn(x.double(), mean, var, *(p.double() for p in params_of(bcn)), 4)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-4, atol=1e-4)
+    # gradients flow through the batch statistics, as in BN
+    got = torch.autograd.grad((out * make_input(shape, seed=9)).sum(), (x, *params_of(bcn)))
+    ref = torch.autograd.grad((expected * make_input(shape, seed=9).double()).sum(),
+                              (x, *params_of(bcn)))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-4)
+    # and the estimates follow them (100 steps tracked: rate = momentum)
+    torch.testing.assert_close(bcn.running_var,
+                               (0.9 * randomize(BCN(shape[1], 4)).running_var.double() +
+                                0.1 * var).float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['micro', 'batch'])
+@pytest.mark.parametrize('shape', [(2, 8, 3, 4), (1, 4, 5), (3, 4)])
+def test_gradcheck(mode, shape):
+    # momentum=0: the estimates stay fixed across gradcheck's repeated forwards
+    bcn = randomize(BCN(shape[1], num_groups=2, mode=mode, momentum=0.0)).double().train()
+    x = make_input(shape, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda inp, *params: bcn(inp), (x, *params_of(bcn)))
+
+
+def test_micro_gradients_match_reference():
+    shape = (2, 16, 6, 5)
+    bcn = randomize(BCN(16, num_groups=4)).train()
+    x = make_input(shape).requires_grad_()
+    out = bcn(x)
+    mean, var = bcn.running_mean.double(), bcn.running_var.double()  # after this step's update
+    x_ref = x.detach().double().requires_grad_()
+    params_ref = [p.detach().double().requires_grad_() for p in params_of(bcn)]
+    expected = reference_bcn(x_ref, mean, var, *params_ref, 4)
+    weights = make_input(shape, seed=7)
+    got = torch.autograd.grad((out * weights).sum(), (x, *params_of(bcn)))
+    ref = torch.autograd.grad((expected * weights.double()).sum(), (x_ref, *params_ref))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_matches_contiguous():
+    bcn = randomize(BCN(32, num_groups=8)).train()
+    twin = copy.deepcopy(bcn)
+    x = make_input((2, 32, 6, 7))
+    x_cl = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = x.requires_grad_()
+    out, out_cl = bcn(x), twin(x_cl)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_cl, out)
+    weights = make_input((2, 32, 6, 7), seed=3)
+    (out * weights).sum().backward()
+    (out_cl * weights).sum().backward()
+    torch.testing.assert_close(x_cl.grad, x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(twin.bn_weight.grad, bcn.bn_weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_saves_only_the_input_for_backward():
+    bcn = BCN(64, num_groups=32).train()
+    x = make_input((1, 64, 32, 32)).requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        bcn(x)
+    full_size = [t for t in saved if t.numel() == x.numel()]
+    assert len({t.data_ptr() for t in full_size}) == 1
+
+
+def test_state_dict_keys_and_round_trip():
+    bcn = randomize(BCN(16, num_groups=4))
+    assert set(bcn.state_dict()) == {
+        'weight', 'bias', 'bn_weight', 'bn_bias', 'running_mean', 'running_var',
+        'num_batches_tracked'
+    }
+    for key in ('weight', 'bias', 'bn_weight', 'bn_bias', 'running_mean', 'running_var'):
+        assert bcn.state_dict()[key].shape == (16, )
+    other = BCN(16, num_groups=4)
+    other.load_state_dict(bcn.state_dict(), strict=True)
+    x = make_input((2, 16, 5, 5))
+    torch.testing.assert_close(other.eval()(x), bcn.eval()(x))
+    legacy = {k: v for k, v in bcn.state_dict().items() if k != 'num_batches_tracked'}
+    BCN(16, num_groups=4).load_state_dict(legacy, strict=True)
+
+
+def test_empty_input_leaves_estimates_untouched():
+    bcn = randomize(BCN(16, num_groups=4)).train()
+    before = {k: v.clone() for k, v in bcn.state_dict().items()}
+    x = torch.randn(0, 16, 7, 7, requires_grad=True)
+    out = bcn(x)
+    assert out.shape == (0, 16, 7, 7)
+    out.sum().backward()
+    for key, value in bcn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert BCN(16, num_groups=4, mode='batch')(torch.randn(0, 16)).shape == (0, 16)
+
+
+def test_single_value_per_channel():
+    x = torch.randn(1, 8, 1, 1)
+    out = BCN(8, num_groups=2)(x)  # micro mode: fine (ASPP image pool at 1 image/GPU)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r'more than 1 value per channel.*\(1, 8, 1, 1\)'):
+        BCN(8, num_groups=2, mode='batch')(x)
+    BCN(8, num_groups=2, mode='batch').eval()(x)  # eval uses the estimates
+
+
+def test_constant_input_is_finite():
+    bcn = BCN(8, num_groups=2).train()
+    x = torch.full((1, 8, 4, 4), 3.0, requires_grad=True)
+    out = bcn(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_runs_in_float32(dtype):
+    bcn = randomize(BCN(16, num_groups=4)).eval()
+    x = make_input((2, 16, 5, 5))
+    with torch.autocast('cpu', dtype=dtype):
+        out = bcn(x.to(dtype))
+    assert out.dtype == torch.float32
+    expected = reference_bcn(x.to(dtype).double(), bcn.running_mean.double(),
+                             bcn.running_var.double(), *(p.double() for p in params_of(bcn)), 4)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_module():
+    bcn = BCN(16, num_groups=4).to(torch.bfloat16)
+    out = bcn(make_input((2, 16, 5, 5), dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match='num_features=30, num_groups=32'):
+        BCN(30)
+    with pytest.raises(ValueError, match='1.5'):
+        BCN(32, momentum=1.5)
+    with pytest.raises(ValueError, match="'bogus'"):
+        BCN(32, mode='bogus')
+    with pytest.raises(ValueError, match=r'\(2, 16, 4, 4\)'):
+        BCN(32)(torch.randn(2, 16, 4, 4))
+
+
+def test_is_a_group_norm_not_a_batch_norm():
+    from torch.nn.modules.batchnorm import _BatchNorm
+    bcn = BCN(64)
+    assert isinstance(bcn, nn.GroupNorm) and not isinstance(bcn, _BatchNorm)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bcn))
+    assert converted[0] is bcn
+
+
+def test_trace_uses_reference_composition():
+    bcn = randomize(BCN(16, num_groups=4)).eval()
+    x = make_input((1, 16, 5, 5))
+    traced = torch.jit.trace(bcn, x)
+    torch.testing.assert_close(traced(x), bcn(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match='eval'):
+        torch.jit.trace(bcn.train(), x)

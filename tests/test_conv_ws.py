@@ -1,0 +1,190 @@
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import reference_standardize
+from torch import nn
+
+from mmws import ConvWS
+from mmws.models.functional import standardize_weight
+
+FORMS = [(True, False), (True, True), (False, False), (False, True)]
+
+
+@pytest.mark.parametrize('unbiased,eps_inside_sqrt', FORMS)
+@pytest.mark.parametrize('in_ch,out_ch,kernel,groups', [(3, 8, 3, 1), (8, 16, 1, 1),
+                                                        (8, 8, 3, 4), (6, 12, (3, 1), 2)])
+def test_forward_matches_reference(unbiased, eps_inside_sqrt, in_ch, out_ch, kernel, groups):
+    torch.manual_seed(0)
+    conv = ConvWS(in_ch, out_ch, kernel, stride=2, padding=1, dilation=1, groups=groups,
+                  unbiased=unbiased, eps_inside_sqrt=eps_inside_sqrt)
+    x = torch.randn(2, in_ch, 9, 11)
+    expected_weight = reference_standardize(conv.weight.detach(), 1e-5, unbiased,
+                                            eps_inside_sqrt)
+    expected = F.conv2d(x, expected_weight, conv.bias, 2, 1, 1, groups)
+    torch.testing.assert_close(conv.standardized_weight(), expected_weight)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_default_form_is_unbiased_std_plus_eps():
+    conv = ConvWS(4, 2, 3)
+    assert conv.unbiased and not conv.eps_inside_sqrt and conv.eps == 1e-5
+    w = conv.weight.detach()
+    expected = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+    torch.testing.assert_close(conv.standardized_weight(), expected)
+
+
+def test_standardized_filters_have_zero_mean_unit_variance():
+    conv = ConvWS(16, 32, 3, eps=0.0)
+    w = conv.standardized_weight().flatten(1)
+    torch.testing.assert_close(w.mean(1), torch.zeros(32), atol=1e-6, rtol=0)
+    torch.testing.assert_close(w.std(1), torch.ones(32), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('padding_mode', ['zeros', 'reflect', 'replicate', 'circular'])
+def test_padding_modes_and_dilation(padding_mode):
+    torch.manual_seed(1)
+    conv = ConvWS(4, 8, 3, padding=2, dilation=2, padding_mode=padding_mode)
+    plain = nn.Conv2d(4, 8, 3, padding=2, dilation=2, padding_mode=padding_mode)
+    plain.weight.data = reference_standardize(conv.weight.detach())
+    plain.bias.data = conv.bias.detach().clone()
+    x = torch.randn(1, 4, 10, 10)
+    torch.testing.assert_close(conv(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('unbiased,eps_inside_sqrt', FORMS)
+def test_gradcheck(unbiased, eps_inside_sqrt):
+    torch.manual_seed(2)
+    conv = ConvWS(4, 6, 3, padding=1, groups=2, unbiased=unbiased,
+                  eps_inside_sqrt=eps_inside_sqrt).double()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+
+    def module_forward(inp, weight, bias):
+        return conv._conv_forward(
+            inp, standardize_weight(weight, 1e-5, unbiased, eps_inside_sqrt), bias)
+
+    def reference_forward(inp, weight, bias):
+        return F.conv2d(inp, reference_standardize(weight, 1e-5, unbiased, eps_inside_sqrt),
+                        bias, 1, 1, 1, 2)
+
+    params = (x, conv.weight, conv.bias)
+    assert torch.autograd.gradcheck(module_forward, params)
+    # the module's own forward gives the reference's gradients
+    grads = torch.autograd.grad(conv(x).square().sum(), params)
+    ref_grads = torch.autograd.grad(reference_forward(*params).square().sum(), params)
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got, ref)
+
+
+def test_constant_filter_gives_zeros_and_finite_gradient():
+    conv = ConvWS(3, 2, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(0.7)
+    x = torch.randn(1, 3, 6, 6)
+    out = conv(x)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.isfinite(conv.weight.grad).all()
+
+
+def test_empty_batch():
+    conv = ConvWS(3, 4, 3, padding=1)
+    out = conv(torch.randn(0, 3, 7, 7))
+    assert out.shape == (0, 4, 7, 7)
+    out.sum().backward()
+
+
+def test_plain_conv_checkpoint_loads():
+    plain = nn.Conv2d(4, 8, 3, padding=1)
+    conv = ConvWS(4, 8, 3, padding=1)
+    conv.load_state_dict(plain.state_dict(), strict=True)
+    assert set(conv.state_dict()) == {'weight', 'bias'}
+    torch.testing.assert_close(conv.weight, plain.weight)
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(3)
+    a, b = ConvWS(4, 8, 3), ConvWS(4, 8, 3)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_eval_cache_is_reused_and_invalidated():
+    torch.manual_seed(4)
+    conv = ConvWS(4, 8, 3).eval()
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        first = conv(x)
+        cached = conv._cached_weight
+        conv(x)
+        assert conv._cached_weight is cached  # reused while the weight is unchanged
+
+        # in-place change (optimizer step, load_state_dict) invalidates the cache
+        other = ConvWS(4, 8, 3)
+        conv.load_state_dict(other.state_dict())
+        torch.testing.assert_close(conv(x), F.conv2d(x, reference_standardize(other.weight),
+                                                     other.bias), rtol=1e-5, atol=1e-5)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.5)
+    conv.train()
+    conv(x).square().sum().backward()
+    opt.step()
+    conv.eval()
+    with torch.no_grad():
+        expected = F.conv2d(x, reference_standardize(conv.weight), conv.bias)
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(conv(x), first)
+    # a dtype move invalidates it too
+    conv.double()
+    with torch.no_grad():
+        assert conv(x.double()).dtype == torch.float64
+
+
+def test_no_cache_in_training_or_with_grad():
+    conv = ConvWS(4, 8, 3)
+    x = torch.randn(1, 4, 8, 8)
+    conv(x)
+    assert conv._cached_weight is None
+    conv.eval()
+    out = conv(x)  # grad enabled: weight must still receive gradients
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv._cached_weight is None
+
+
+def test_copy_and_pickle_drop_cache():
+    conv = ConvWS(4, 8, 3).eval()
+    with torch.no_grad():
+        conv(torch.randn(1, 4, 5, 5))
+    assert conv._cached_weight is not None
+    assert copy.deepcopy(conv)._cached_weight is None
+    assert pickle.loads(pickle.dumps(conv))._cached_weight is None
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_statistics_in_float32(dtype):
+    torch.manual_seed(5)
+    conv = ConvWS(8, 16, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(1e-3)  # tiny weights: low precision stats would be visibly off
+    x = torch.randn(1, 8, 6, 6)
+    with torch.autocast('cpu', dtype=dtype):
+        out = conv(x)
+    assert out.dtype == dtype
+    expected = F.conv2d(x, reference_standardize(conv.weight.detach()), conv.bias, padding=1)
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1)
+
+
+def test_half_weight_keeps_dtype():
+    conv = ConvWS(4, 8, 3).to(torch.bfloat16)
+    assert conv.standardized_weight().dtype == torch.bfloat16
+    assert conv(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match='got 1'):
+        ConvWS(4, 4, 1, groups=4)
+    ConvWS(4, 4, 1, groups=4, unbiased=False)  # biased variance is fine with n = 1
+    with pytest.raises(ValueError, match='-1'):
+        ConvWS(4, 4, 3, eps=-1)
