@@ -163,36 +163,83 @@ def group_scale_shift(sample_mean: Tensor, sample_var: Tensor, scale: Tensor, sh
 
 ScaleShiftFn = Callable[..., Tuple[Tensor, Tensor]]
 
+# Epsilon of the per-(sample, channel) normalization inside the fast path. It only keeps the
+# kernel finite on constant channels: z = S x + T is recovered exactly from x̂ = (x - μ) ρ as
+# x̂ (S / ρ) + (S μ + T) whatever its value, and σ² = 1 / ρ² - eps.
+_INSTANCE_EPS = 1e-12
+
+
+def _uses_native_kernels(x: Tensor) -> bool:
+    """Whether the group-norm kernels serve the per-(sample, channel) passes of ``x``."""
+    return (x.dim() > 2 and x.is_contiguous() and x.dtype in (torch.float32, torch.float64)
+            and x[0, 0].numel() > 0)
+
+
+def _normalized_moments(x: Tensor) -> Tuple[Optional[Tensor], Tensor, Tensor]:
+    """Per-sample spatial moments of ``x``, and ``x`` normalized by them when that is free.
+
+    The fast path runs the native group-norm kernel with one group per channel of the view
+    ``(1, N*C, M)``: one fused pass gives the moments (numerically stable) and writes the
+    normalized ``x̂ = (x - μ) ρ`` into a fresh buffer that the output pass then overwrites in
+    place, so BCN allocates one full-size tensor, like ``nn.GroupNorm``.
+
+    Returns:
+        ``(x̂ or None, μ, σ²)`` with ``μ, σ²`` of shape ``(N, C)``.
+    """
+    if not _uses_native_kernels(x):
+        return (None, *spatial_moments(x))
+    n, c = x.shape[:2]
+    normalized, mean, inv_std = torch.native_group_norm(x, None, None, 1, n * c,
+                                                        x[0, 0].numel(), n * c, _INSTANCE_EPS)
+    var = (inv_std.square().reciprocal() - _INSTANCE_EPS).clamp_min(0)
+    return normalized, mean.view(n, c), var.view(n, c)
+
+
+def _affine_output(x: Tensor, normalized: Optional[Tensor], mean: Tensor, var: Tensor,
+                   out_scale: Tensor, out_shift: Tensor) -> Tensor:
+    """``z = S x + T``; with ``x̂`` given, computed in its buffer as ``x̂ (S / ρ) + (S μ + T)``."""
+    if normalized is None:
+        return torch.addcmul(_broadcastable(out_shift, x), x, _broadcastable(out_scale, x))
+    scale_of_normalized = out_scale * torch.sqrt(var + _INSTANCE_EPS)
+    return normalized.mul_(_broadcastable(scale_of_normalized, x)).add_(
+        _broadcastable(out_scale * mean + out_shift, x))
+
 
 def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
     """View an ``(N, C)`` tensor as ``(N, C, 1, ...)`` in ``x``'s dtype."""
     return t.to(x.dtype).view(t.shape + (1, ) * (x.dim() - 2))
 
 
-def _spatial_dot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_s a[n,c,s] * b[n,c,s]`` as shape ``(N, C)``, without a full-size temporary."""
-    n, c = a.shape[:2]
-    if a.is_contiguous() and b.is_contiguous():
-        return torch.bmm(a.reshape(n * c, 1, -1), b.reshape(n * c, -1, 1)).view(n, c)
-    return (a * b).sum(dim=tuple(range(2, a.dim())))
-
-
+def _spatial_sums(grad: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(Σ_s g x, Σ_s g)`` per ``(sample, channel)``, each of shape ``(N, C)``."""
+    n, c = x.shape[:2]
+    if _uses_native_kernels(x) and grad.is_contiguous():
+        # The group-norm backward kernel with mean 0 and rstd 1 computes both sums in one pass.
+        ones = x.new_ones(1, n * c)
+        _, dot, total = torch.ops.aten.native_group_norm_backward(
+            grad, x, torch.zeros_like(ones), ones, ones.view(-1), 1, n * c, x[0, 0].numel(),
+            n * c, [False, True, True])
+        return dot.view(n, c), total.view(n, c)
+    if x.dim() == 2:
+        return grad * x, grad
+    spatial_dims = tuple(range(2, x.dim()))
+    return (grad * x).sum(spatial_dims), grad.sum(spatial_dims)
 class _MomentAffine(torch.autograd.Function):
-    """``z = S(μ, σ², θ) * x + T(μ, σ², θ)`` with ``(μ, σ²)`` the spatial moments of ``x``.
+    """``z = S(μ, σ², θ) x + T(μ, σ², θ)`` with ``(μ, σ²)`` the spatial moments of ``x``.
 
-    Full-size work is two passes forward (moments; output) and two backward (the reductions
-    ``Σ g x`` and ``Σ g``; the input gradient), and only ``x`` is saved. The small graph from
-    the ``(N, C)`` moments and parameters ``θ`` to ``(S, T)`` is built with autograd during the
-    forward and differentiated by autograd in the backward, so any per-channel formula (the
-    estimated, batch or synchronized statistics of BCN) gets an exact gradient, and the input
-    gradient needs only the chain rule through the moments::
+    Full-size work is two passes forward (moments with ``x̂``; output in place) and two
+    backward (the sums ``Σ g x`` and ``Σ g``; the input gradient), and only ``x`` is saved. The
+    small graph from the ``(N, C)`` moments and parameters ``θ`` to ``(S, T)`` is built with
+    autograd during the forward and differentiated by autograd in the backward, so any
+    per-channel formula (the estimated, batch or synchronized statistics of BCN) gets an exact
+    gradient, and the input gradient needs only the chain rule through the moments::
 
         dx = g S + dμ / M + 2 dσ² (x - μ) / M
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, scale_shift_fn: ScaleShiftFn, *params: Tensor) -> Tensor:
-        mean, var = spatial_moments(x)
+        normalized, mean, var = _normalized_moments(x)
         with torch.enable_grad():
             leaves = [mean.requires_grad_(), var.requires_grad_()]
             leaves += [p.detach().requires_grad_(needs) for p, needs in
@@ -200,34 +247,34 @@ class _MomentAffine(torch.autograd.Function):
             out_scale, out_shift = scale_shift_fn(*leaves)
         ctx.save_for_backward(x)
         ctx.small_graph = (leaves, out_scale, out_shift)
-        return torch.addcmul(
-            _broadcastable(out_shift.detach(), x), x, _broadcastable(out_scale.detach(), x))
+        return _affine_output(x, normalized, mean.detach(), var.detach(), out_scale.detach(),
+                              out_shift.detach())
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, = ctx.saved_tensors
         leaves, out_scale, out_shift = ctx.small_graph
-        spatial_dims = tuple(range(2, x.dim()))
         grad_out = grad_out.contiguous(memory_format=_memory_format(x))
-        grad_scale = _spatial_dot(grad_out, x).to(out_scale.dtype)
-        grad_shift = (grad_out.sum(spatial_dims) if spatial_dims else grad_out).to(out_shift.dtype)
+        grad_scale, grad_shift = _spatial_sums(grad_out, x)
         wanted = [leaf for leaf in leaves if leaf.requires_grad]
         # retain_graph: the outer graph may be differentiated more than once (retain_graph
         # there); the small graph is freed with ctx.
-        grads = torch.autograd.grad((out_scale, out_shift), wanted, (grad_scale, grad_shift),
-                                    retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            (out_scale, out_shift), wanted,
+            (grad_scale.to(out_scale.dtype), grad_shift.to(out_shift.dtype)),
+            retain_graph=True, allow_unused=True)
         grads_by_leaf = dict(zip(map(id, wanted), grads))
         leaf_grads = [grads_by_leaf.get(id(leaf)) for leaf in leaves]
-        grad_mean, grad_var = leaf_grads[:2]
         grad_x = None
         if ctx.needs_input_grad[0]:
+            grad_mean, grad_var = (torch.zeros_like(leaf) if grad is None else grad
+                                   for leaf, grad in zip(leaves[:2], leaf_grads[:2]))
             size = x[0, 0].numel()
-            grad_mean = torch.zeros_like(leaves[0]) if grad_mean is None else grad_mean
-            grad_var = torch.zeros_like(leaves[1]) if grad_var is None else grad_var
             x_coef = 2.0 * grad_var / size
             const = grad_mean / size - x_coef * leaves[0].detach()
-            grad_x = torch.addcmul(_broadcastable(const, x), grad_out, _broadcastable(out_scale, x))
+            grad_x = torch.addcmul(_broadcastable(const, x), grad_out,
+                                   _broadcastable(out_scale, x))
             grad_x.addcmul_(x, _broadcastable(x_coef, x))
         return (grad_x, None, *leaf_grads[2:])
 
@@ -245,7 +292,7 @@ def moment_affine(x: Tensor, scale_shift_fn: ScaleShiftFn, params: Sequence[Tens
     ``(μ, σ²)`` are the per-sample spatial moments of ``x`` (:func:`spatial_moments`), and
     ``scale_shift_fn`` maps them and ``params`` to ``(S, T)`` of shape ``(N, C)``. Gradients flow
     to ``x`` (also through the moments) and to ``params``. Without autograd (``no_grad``, or
-    nothing requiring grad) this runs the same two passes without building a graph.
+    nothing requiring grad) this runs the same passes without building a graph.
 
     Args:
         x: Input of shape ``(N, C, *S)``, contiguous or channels-last.
@@ -259,9 +306,9 @@ def moment_affine(x: Tensor, scale_shift_fn: ScaleShiftFn, params: Sequence[Tens
                                                any(p.requires_grad for p in params))
     if needs_graph:
         return _MomentAffine.apply(x, scale_shift_fn, *params)
-    mean, var = spatial_moments(x)
+    normalized, mean, var = _normalized_moments(x)
     out_scale, out_shift = scale_shift_fn(mean, var, *params)
-    return torch.addcmul(_broadcastable(out_shift, x), x, _broadcastable(out_scale, x))
+    return _affine_output(x, normalized, mean, var, out_scale, out_shift)
 
 
 def batch_channel_norm_reference(x: Tensor, mean: Optional[Tensor], var: Optional[Tensor],
