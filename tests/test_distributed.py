@@ -6,12 +6,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from reference import ReferenceEstimates, reference_batch_stats
+from reference import ReferenceEstimates
 
 from mmws import BCN
 
 WORLD_SIZE = 2
-SAMPLES_PER_RANK = (1, 2)  # unequal on purpose: the all-reduce must weight by sample count
+CHANNELS = 16
+# Per step, the input shape of each rank: unequal sample counts and spatial sizes, and empty
+# batches (a head that got no RoIs on one rank).
+MICRO_SHAPES = [((1, CHANNELS, 6, 5), (2, CHANNELS, 4, 7)),
+                ((2, CHANNELS, 5, 5), (0, CHANNELS, 5, 5)),
+                ((0, CHANNELS, 3, 3), (1, CHANNELS, 3, 3)),
+                ((0, CHANNELS, 3, 3), (0, CHANNELS, 3, 3))]
+SYNC_SAMPLES = (1, 2)
 
 
 def free_port() -> int:
@@ -20,10 +27,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank_inputs(step: int):
+def micro_inputs(step: int):
     gen = torch.Generator().manual_seed(step)
-    full = torch.randn(sum(SAMPLES_PER_RANK), 16, 6, 5, generator=gen) * 2 + 1
-    return full.split(SAMPLES_PER_RANK)
+    return [torch.randn(shape, generator=gen) * 2 + 1 for shape in MICRO_SHAPES[step]]
+
+
+def sync_inputs():
+    gen = torch.Generator().manual_seed(10)
+    return torch.randn(sum(SYNC_SAMPLES), CHANNELS, 6, 5, generator=gen).split(SYNC_SAMPLES)
 
 
 def loss_weights(shape):
@@ -34,19 +45,24 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=WORLD_SIZE)
     try:
-        micro = BCN(16, num_groups=4, momentum=0.3).train()
+        micro = BCN(CHANNELS, num_groups=4, momentum=0.3).train()
         model = torch.nn.parallel.DistributedDataParallel(micro)
-        for step in range(3):
-            model(rank_inputs(step)[rank]).square().mean().backward()
+        for step in range(len(MICRO_SHAPES)):
+            model(micro_inputs(step)[rank]).square().mean().backward()
 
-        sync = BCN(16, num_groups=4, mode='sync').train()
-        x = rank_inputs(10)[rank].clone().requires_grad_()
+        sync = BCN(CHANNELS, num_groups=4, mode='sync').train()
+        x = sync_inputs()[rank].clone().requires_grad_()
         out = sync(x)
-        weights = loss_weights((sum(SAMPLES_PER_RANK), ) + out.shape[1:]).split(SAMPLES_PER_RANK)
+        weights = loss_weights((sum(SYNC_SAMPLES), ) + out.shape[1:]).split(SYNC_SAMPLES)
         (out * weights[rank]).sum().backward()
+        # an empty batch on one rank: the other's statistics are its own, nobody hangs
+        local = sync_inputs()[0] if rank == 0 else torch.zeros(0, CHANNELS, 6, 5)
+        local = local.clone().requires_grad_()
+        sync(local).sum().backward()
         torch.save(dict(running_mean=micro.running_mean, running_var=micro.running_var,
-                        sync_out=out.detach(), sync_grad=x.grad,
-                        sync_bn_weight_grad=sync.bn_weight.grad),
+                        steps=micro.num_batches_tracked, sync_out=out.detach(),
+                        sync_grad=x.grad, sync_bn_weight_grad=sync.bn_weight.grad,
+                        sync_running_mean=sync.running_mean),
                    os.path.join(result_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
@@ -63,19 +79,23 @@ def test_micro_estimates_identical_across_ranks(rank_results):
     first, second = rank_results
     assert torch.equal(first['running_mean'], second['running_mean'])
     assert torch.equal(first['running_var'], second['running_var'])
+    # the step where both ranks were empty did not count
+    assert int(first['steps']) == int(second['steps']) == len(MICRO_SHAPES) - 1
 
 
-def test_micro_estimates_equal_those_of_the_concatenated_batch(rank_results):
-    ref = ReferenceEstimates(16, momentum=0.3)
-    for step in range(3):
-        ref.update(*reference_batch_stats(torch.cat(rank_inputs(step)).double()))
+def test_micro_estimates_equal_those_of_all_elements_of_all_ranks(rank_results):
+    ref = ReferenceEstimates(CHANNELS, momentum=0.3)
+    for step in range(len(MICRO_SHAPES) - 1):
+        elements = torch.cat([x.transpose(0, 1).reshape(CHANNELS, -1).double()
+                              for x in micro_inputs(step)], dim=1)
+        ref.update(elements.mean(1), elements.var(1, unbiased=False))
     torch.testing.assert_close(rank_results[0]['running_mean'], ref.mean.float())
     torch.testing.assert_close(rank_results[0]['running_var'], ref.var.float())
 
 
 def test_sync_mode_equals_batch_mode_on_the_concatenated_batch(rank_results):
-    x = torch.cat(rank_inputs(10)).requires_grad_()
-    single = BCN(16, num_groups=4, mode='batch').train()
+    x = torch.cat(sync_inputs()).requires_grad_()
+    single = BCN(CHANNELS, num_groups=4, mode='batch').train()
     out = single(x)
     (out * loss_weights(out.shape)).sum().backward()
     torch.testing.assert_close(torch.cat([r['sync_out'] for r in rank_results]), out.detach())
@@ -83,3 +103,7 @@ def test_sync_mode_equals_batch_mode_on_the_concatenated_batch(rank_results):
                                rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(sum(r['sync_bn_weight_grad'] for r in rank_results),
                                single.bn_weight.grad, rtol=1e-4, atol=1e-5)
+    # second step: rank 1 was empty; both ranks' estimates followed rank 0's statistics
+    single(sync_inputs()[0])
+    for result in rank_results:
+        torch.testing.assert_close(result['sync_running_mean'], single.running_mean)

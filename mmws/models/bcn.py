@@ -6,6 +6,7 @@ the batch size. In micro-batch training (1–2 images per GPU) the batch part no
 *estimated* statistics that move toward each batch's statistics, since the tiny batch's own
 statistics are noise.
 """
+import functools
 from typing import Tuple
 
 import torch
@@ -23,18 +24,29 @@ def _distributed_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _global_channel_moments(sample_mean: Tensor, sample_var: Tensor,
-                            differentiable: bool) -> Tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance over the samples of all processes.
+def _global_channel_moments(sample_mean: Tensor, sample_var: Tensor, spatial_size: int,
+                            differentiable: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean and biased variance over all elements of all processes' batches.
 
-    Every process contributes its per-sample moments (all samples have the same spatial
-    size); one all-reduce sums ``[count, Σ mean, Σ (var + mean²)]`` per channel, in float64 for
-    the estimates (no gradient) or in the moments' dtype through the differentiable
-    all-reduce (sync mode).
+    Each process contributes sums over its ``N × M`` elements per channel (processes may have
+    different ``N`` and spatial sizes ``M``, including ``N = 0``); one all-reduce adds
+    ``[count, Σ x, Σ x²]``, in float64 for the estimates (no gradient) or in the moments' dtype
+    through the differentiable all-reduce (sync mode).
+
+    Args:
+        sample_mean: Per-sample channel means of this process, ``(N, C)``.
+        sample_var: Per-sample channel biased variances, ``(N, C)``.
+        spatial_size: ``M``, the spatial positions per sample.
+        differentiable: Whether gradients flow back through the all-reduce.
+
+    Returns:
+        ``(mean, var, count)``: ``(C,)``, ``(C,)`` and the global element count (a scalar
+        tensor; the statistics are zeros where it is 0).
     """
-    count = sample_mean.new_full((1, ), float(sample_mean.shape[0]))
-    second_moment = sample_var + sample_mean.square()
-    packed = torch.cat([count, sample_mean.sum(0), second_moment.sum(0)])
+    count = sample_mean.new_full((1, ), float(sample_mean.shape[0] * spatial_size))
+    sums = spatial_size * sample_mean.sum(0)
+    square_sums = spatial_size * (sample_var + sample_mean.square()).sum(0)
+    packed = torch.cat([count, sums, square_sums])
     if differentiable:
         from torch.distributed.nn.functional import all_reduce
         packed = all_reduce(packed)
@@ -43,9 +55,9 @@ def _global_channel_moments(sample_mean: Tensor, sample_var: Tensor,
         dist.all_reduce(packed)
     channels = sample_mean.shape[1]
     total = packed[0]
-    mean = packed[1:1 + channels] / total
-    var = (packed[1 + channels:] / total - mean.square()).clamp_min(0)
-    return mean.to(sample_mean.dtype), var.to(sample_mean.dtype)
+    mean = packed[1:1 + channels] / total.clamp_min(1)
+    var = (packed[1 + channels:] / total.clamp_min(1) - mean.square()).clamp_min(0)
+    return mean.to(sample_mean.dtype), var.to(sample_mean.dtype), total
 
 
 @MODELS.register_module()
@@ -172,22 +184,29 @@ class BCN(nn.GroupNorm):
             estimate_update(self.running_var, var.detach(), rate)
             self.num_batches_tracked.add_(1)
 
-    def _batch_statistics(self, sample_mean: Tensor, sample_var: Tensor) -> Tuple[Tensor, Tensor]:
-        """Per-channel statistics of this step (of all processes where the mode says so)."""
-        distributed = _distributed_world_size() > 1
-        if self.mode == 'sync' and distributed:
-            return _global_channel_moments(sample_mean, sample_var, differentiable=True)
-        if self.mode == 'micro' and distributed:
-            return _global_channel_moments(sample_mean, sample_var, differentiable=False)
-        return channel_moments(sample_mean, sample_var)
+    def _synchronizes_statistics(self) -> bool:
+        """Whether this step's batch statistics come from an all-reduce over processes."""
+        return self.training and self.mode != 'batch' and _distributed_world_size() > 1
 
-    def _scale_shift(self, sample_mean: Tensor, sample_var: Tensor, bn_weight: Tensor,
-                     bn_bias: Tensor, weight: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
+    def _batch_statistics(self, sample_mean: Tensor, sample_var: Tensor,
+                          spatial_size: int) -> Tuple[Tensor, Tensor, int]:
+        """Per-channel statistics of this step and their element count (of all processes
+        where the mode says so)."""
+        if self._synchronizes_statistics():
+            mean, var, count = _global_channel_moments(
+                sample_mean, sample_var, spatial_size, differentiable=self.mode == 'sync')
+            return mean, var, int(count)
+        mean, var = channel_moments(sample_mean, sample_var)
+        return mean, var, sample_mean.shape[0] * spatial_size
+
+    def _scale_shift(self, spatial_size: int, sample_mean: Tensor, sample_var: Tensor,
+                     bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
+                     bias: Tensor) -> Tuple[Tensor, Tensor]:
         """``(S, T)`` of ``z = S x + T`` from the per-sample moments of ``x``; updates the
         estimates in training."""
         if self.training:
-            mean, var = self._batch_statistics(sample_mean, sample_var)
-            if self.momentum > 0:
+            mean, var, count = self._batch_statistics(sample_mean, sample_var, spatial_size)
+            if self.momentum > 0 and count > 0:
                 self._update_estimates(mean, var)
         if not self._uses_batch_statistics():
             mean = self.running_mean.to(sample_mean.dtype)
@@ -196,10 +215,23 @@ class BCN(nn.GroupNorm):
         return group_scale_shift(sample_mean, sample_var, scale, shift, weight, bias,
                                  self.num_groups, self.eps)
 
+    def _empty_forward(self, x: Tensor) -> Tensor:
+        """An empty batch: nothing to normalize, but peers that all-reduce their statistics
+        need this process to take part (with zero elements) to neither hang nor diverge."""
+        if not self._synchronizes_statistics():
+            return x.clone()
+        # In sync mode the all-reduce is differentiable: its input must require grad and its
+        # output stay in the graph, so that this process joins its backward too.
+        no_samples = x.new_zeros((0, self.num_channels), dtype=torch.float32,
+                                 requires_grad=self.mode == 'sync' and torch.is_grad_enabled())
+        out_scale, out_shift = self._scale_shift(1, no_samples, no_samples, self.bn_weight,
+                                                 self.bn_bias, self.weight, self.bias)
+        return x.clone() + 0 * (out_scale.sum() + out_shift.sum()).to(x.dtype)
+
     def _check_batch_size(self, x: Tensor) -> None:
         values_per_channel = x.numel() // self.num_channels
-        if self.mode == 'sync' and _distributed_world_size() > 1:
-            return  # other processes may contribute samples
+        if self._synchronizes_statistics():
+            return  # other processes contribute values too
         if values_per_channel < 2:
             raise ValueError(
                 f"BCN(mode='{self.mode}') needs more than 1 value per channel in training, "
@@ -208,7 +240,7 @@ class BCN(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if x.numel() == 0:
-            return x.clone()
+            return self._empty_forward(x)
         if self._uses_batch_statistics():
             self._check_batch_size(x)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -221,7 +253,8 @@ class BCN(nn.GroupNorm):
 
     def _fused_forward(self, x: Tensor) -> Tensor:
         params = (self.bn_weight, self.bn_bias, self.weight, self.bias)
-        return moment_affine(x, self._scale_shift, params)
+        spatial_size = x[0, 0].numel()
+        return moment_affine(x, functools.partial(self._scale_shift, spatial_size), params)
 
     def _reference_forward(self, x: Tensor) -> Tensor:
         """The plain composition (tracing, export): estimates only, no update."""
