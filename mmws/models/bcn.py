@@ -77,8 +77,8 @@ class BCN(nn.GroupNorm):
       ``running_var`` (no gradient through them). In training, each step first moves them
       toward this batch's per-channel mean and *biased* variance,
       ``μ̂ ← (1 - r) μ̂ + r μ_batch`` (likewise ``σ̂²``), then normalizes with the updated
-      estimates. Under ``torch.distributed`` the batch statistics are those of the samples of
-      all processes (one all-reduce), so every rank keeps identical estimates.
+      estimates. Under ``torch.distributed`` the batch statistics are those of all elements of
+      all processes' batches (one all-reduce), so every rank keeps identical estimates.
     - ``'batch'``: this process's batch statistics, as ``nn.BatchNorm2d`` (large batches per
       GPU); the estimates follow them with rate ``r`` for evaluation.
     - ``'sync'``: the batch statistics of all processes, with gradients flowing through the
@@ -115,7 +115,9 @@ class BCN(nn.GroupNorm):
 
     Shape:
         Input ``(N, C, *S)`` with any ``N >= 0``; output the same shape. An empty input
-        returns an empty output and leaves the estimates untouched.
+        returns an empty output and leaves the estimates untouched; under ``torch.distributed``
+        it still takes part in the all-reduce, so the estimates follow the other processes'
+        statistics and no process waits for it.
     """
 
     _abbr_ = 'bcn'
