@@ -80,8 +80,9 @@ def test_resnet50_forward_backward_at_batch_one(backbone):
     __import__(f'{scope}.models')
     models = toolbox_models(scope)
     extra = dict(norm_eval=False, style='pytorch') if scope == 'mmdet' else dict(norm_eval=False)
-    model = models.build(dict(type=type_name, depth=50, out_indices=(0, 1, 2, 3),
-                              **_ws_bcn_cfg(), **extra))
+    with DefaultScope.overwrite_default_scope(scope):  # whatever scope earlier tests left
+        model = models.build(dict(type=type_name, depth=50, out_indices=(0, 1, 2, 3),
+                                  **_ws_bcn_cfg(), **extra))
     model.init_weights()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     norms = [m for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))]

@@ -2,10 +2,10 @@
 
 Example::
 
-    python tools/convert_checkpoint.py rn50_bcn_ws.pth checkpoints/r50_bcn_ws_mmws.pth
+    python tools/convert_checkpoint.py rn50_bcn_ws.pth checkpoints/resnet50_bcn_ws.pth
 
 then, in a config, ``backbone=dict(..., conv_cfg=<printed>, norm_cfg=<printed>,
-init_cfg=dict(type='Pretrained', checkpoint='checkpoints/r50_bcn_ws_mmws.pth'))``.
+init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_bcn_ws.pth'))``.
 """
 import argparse
 import sys

@@ -5,9 +5,17 @@ categories, drawn in random order (so later shapes occlude earlier ones), with r
 position, rotation, colour and texture (flat, stripes, checks, noise). Both toy datasets
 (COCO instances, VOC semantic segmentation) are written from these scenes; the category is
 given by the shape alone, so a detector or segmenter must learn shape, not colour.
+
+:class:`ToySpec` fixes which scenes a dataset holds; :func:`ensure_dataset` writes a dataset
+of any format on first use, atomically, and records the spec so a later use can check it.
 """
-from dataclasses import dataclass
-from typing import List, Tuple
+import json
+import os
+import os.path as osp
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -119,3 +127,120 @@ def render_scene(rng: np.random.RandomState,
         if visible.sum() >= max(min_visible_fraction * full.sum(), 16):
             instances.append(ToyInstance(category, visible))
     return ToyScene(np.clip(image, 0, 255).astype(np.uint8), instances)
+
+
+SPLITS = ('train', 'val')
+SPEC_FILE = 'spec.json'
+
+
+@dataclass(frozen=True)
+class ToySpec:
+    """What a written toy dataset contains; its root's ``spec.json`` records it.
+
+    Attributes:
+        num_train: Number of training images.
+        num_val: Number of validation images.
+        size: ``(height, width)`` of every image.
+        max_objects: At most this many shapes per image.
+        seed: Base seed; image ``i`` of split ``s`` draws from ``RandomState(seed + offset_s + i)``.
+    """
+    num_train: int = 400
+    num_val: int = 80
+    size: tuple = (160, 160)
+    max_objects: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.num_train < 1 or self.num_val < 1:
+            raise ValueError(f'{name} needs at least one image per split, got '
+                             f'num_train={self.num_train}, num_val={self.num_val}')
+        if len(self.size) != 2 or min(self.size) < 32:
+            raise ValueError(f'{name} size must be (height, width) >= 32, got {self.size}')
+        if self.max_objects < 1:
+            raise ValueError(f'{name} max_objects must be >= 1, got {self.max_objects}')
+
+    def num_images(self, split: str) -> int:
+        return {'train': self.num_train, 'val': self.num_val}[split]
+
+    def image_seed(self, split: str, index: int) -> int:
+        # Disjoint seed ranges per split, so train and val never share a scene.
+        return self.seed + SPLITS.index(split) * 1_000_003 + index
+
+    def scene(self, split: str, index: int) -> ToyScene:
+        """Scene ``index`` of ``split`` (the same for every dataset format of this spec)."""
+        return render_scene(np.random.RandomState(self.image_seed(split, index)),
+                            tuple(self.size), self.max_objects)
+
+    def record(self, kind: str) -> dict:
+        """The JSON record of a dataset of format ``kind`` written with this spec."""
+        return dict(asdict(self), size=list(self.size), kind=kind)
+
+
+def read_record(root: str) -> Optional[dict]:
+    """The record of the complete dataset under ``root``, or ``None`` if there is none."""
+    path = osp.join(root, SPEC_FILE)
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_dataset(root: str, spec: ToySpec, kind: str,
+                  write: Callable[[str, ToySpec], Any]) -> Any:
+    """Write a dataset into ``root`` in place with ``write(root, spec)``, then its record.
+
+    The record is written last: its presence marks a complete dataset. Returns what ``write``
+    returns.
+    """
+    os.makedirs(root, exist_ok=True)
+    result = write(root, spec)
+    with open(osp.join(root, SPEC_FILE), 'w') as f:
+        json.dump(spec.record(kind), f)
+    return result
+
+
+def ensure_dataset(root: str, spec: ToySpec, kind: str,
+                   write: Callable[[str, ToySpec], Any]) -> bool:
+    """Write a dataset to ``root`` unless it is already complete; returns whether it wrote.
+
+    Safe under concurrency (several ranks or workers at once): each writer fills a private
+    temporary directory beside ``root`` and renames it into place atomically; a writer that
+    loses the race discards its copy.
+
+    Args:
+        root: Dataset directory.
+        spec: What the dataset must contain.
+        kind: Format name recorded with the spec (``'coco'``, ``'voc'``).
+        write: ``write(directory, spec)`` writes the dataset's files into ``directory``.
+
+    Raises:
+        FileExistsError: ``root`` exists but holds no complete dataset (not ours to delete).
+        ValueError: ``root`` holds a dataset of another format or spec.
+    """
+    record = read_record(root)
+    if record is not None:
+        if record != spec.record(kind):
+            raise ValueError(f'{root!r} holds a toy dataset written as {record}, not the '
+                             f'requested {spec.record(kind)}; remove it or change data_root')
+        return False
+    if osp.exists(root) and os.listdir(root):
+        raise FileExistsError(f'{root!r} exists but is not a complete toy dataset (no '
+                              f'{SPEC_FILE}); remove it to regenerate')
+    parent = osp.dirname(osp.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(root))}-', dir=parent)
+    try:
+        write_dataset(staging, spec, kind, write)
+        if osp.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+        try:
+            os.rename(staging, root)
+        except OSError:
+            if read_record(root) is None:  # not a lost race: a real error
+                raise
+            return False
+    finally:
+        if osp.exists(staging):
+            shutil.rmtree(staging)
+    return True

@@ -1,0 +1,193 @@
+"""Train and test entry points for mmdet and mmseg configs, with mmws imported.
+
+:func:`train` and :func:`test` do what ``tools/train.py`` / ``tools/test.py`` of the config's
+toolbox do (the toolbox is the config's ``default_scope``: ``'mmdet'`` or ``'mmseg'``), with the
+same command line, plus what this stack needs:
+
+- ``import mmws``, so configs work with or without ``custom_imports``;
+- ``torch.load`` of full checkpoints (``--resume``, ``load_from``): MMEngine 0.10 calls it
+  without ``weights_only`` and torch >= 2.6 defaults to ``True``, which rejects the optimizer
+  and message-hub state. The process opts out with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
+  (load only checkpoints you trust, as with any pickle);
+- distributed launches on machines without CUDA (``--launcher pytorch`` on CPU): MMEngine calls
+  ``torch.cuda.set_device`` and passes ``device_ids`` to DDP; here the process group is created
+  with gloo first and DDP gets ``device_ids=None``;
+- ``metrics.json`` in the work dir: every evaluation's metrics (see :class:`MetricsFileHook`).
+"""
+import argparse
+import importlib
+import logging
+import os
+import os.path as osp
+from typing import List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+
+import mmws  # noqa: F401  (registers mmws.* for configs without custom_imports)
+from .metrics_file import MetricsFileHook
+
+TOOLBOXES = ('mmdet', 'mmseg')
+TRUSTED_LOAD_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='the dir to save logs, checkpoints and metrics')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, as key=value pairs (mmdet/mmseg syntax)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Arguments of ``tools/train.py`` (mmdet's train CLI)."""
+    parser = argparse.ArgumentParser(description='Train a detector or a segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--amp', action='store_true',
+                        help='enable automatic-mixed-precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate linearly with the total batch size')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint, or without a path from the latest one in the '
+        'work dir')
+    _common_args(parser)
+    return parser.parse_args(argv)
+
+
+def parse_test_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Arguments of ``tools/test.py`` (the common part of mmdet's and mmseg's test CLIs)."""
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a detector or a segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--out',
+        help='mmdet: dump the predictions to this .pkl file; mmseg: save the predicted '
+        'segmentation maps in this directory')
+    _common_args(parser)
+    return parser.parse_args(argv)
+
+
+def toolbox_of(cfg: Config) -> str:
+    """The toolbox a config belongs to, from its ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in TOOLBOXES:
+        raise ValueError(f'config default_scope must be one of {TOOLBOXES}, got {scope!r}')
+    return scope
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config with the CLI options applied (as the toolboxes' tools do)."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    toolbox_of(cfg)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def apply_train_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """``--amp``, ``--auto-scale-lr`` and ``--resume`` as mmdet's ``tools/train.py``."""
+    if args.amp:
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper',
+                                                               'AmpOptimWrapper'):
+            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got '
+                             f'{cfg.optim_wrapper.type!r}')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    return cfg
+
+
+def prepare_environment(cfg: Config, args: argparse.Namespace) -> None:
+    """Process-level setup before the runner is built (see the module docstring)."""
+    os.environ.setdefault(TRUSTED_LOAD_ENV, '1')
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if toolbox_of(cfg) == 'mmdet':
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+    if cfg.launcher != 'none' and not torch.cuda.is_available():
+        _setup_cpu_distributed(cfg)
+
+
+def _setup_cpu_distributed(cfg: Config) -> None:
+    """Create the gloo process group and make DDP take no device ids (CPU modules)."""
+    if cfg.launcher != 'pytorch':
+        raise ValueError(f'on a machine without CUDA only --launcher pytorch is supported, '
+                         f'got {cfg.launcher!r}')
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    backend = dist_cfg.get('backend', 'gloo')
+    if backend != 'gloo':
+        print_log(f'no CUDA: using the gloo backend instead of {backend!r}', logger='current',
+                  level=logging.WARNING)
+    dist_cfg['backend'] = 'gloo'
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None  # DDP takes device ids for CUDA modules only
+    cfg.model_wrapper_cfg = wrapper
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The runner the config's toolbox would build, with :class:`MetricsFileHook`."""
+    if 'runner_type' in cfg:
+        registry = importlib.import_module(f'{toolbox_of(cfg)}.registry')
+        runner = registry.RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    runner.register_hook(MetricsFileHook())
+    return runner
+
+
+def train(argv: Optional[List[str]] = None) -> Runner:
+    """``tools/train.py``: train the config's model; returns the runner."""
+    args = parse_train_args(argv)
+    cfg = apply_train_args(load_config(args), args)
+    prepare_environment(cfg, args)
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
+
+
+def test(argv: Optional[List[str]] = None) -> dict:
+    """``tools/test.py``: evaluate a checkpoint on the config's test set; returns the metrics."""
+    args = parse_test_args(argv)
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    if args.out is not None and toolbox_of(cfg) == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    prepare_environment(cfg, args)
+    runner = build_runner(cfg)
+    if args.out is not None and toolbox_of(cfg) == 'mmdet':
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must be a .pkl file for mmdet, got {args.out!r}')
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    return runner.test()

@@ -1,0 +1,11 @@
+"""Evaluate a checkpoint of an mmdet or mmseg config (the toolboxes' ``tools/test.py`` CLI).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
+                                           [--cfg-options k=v ...] [--launcher ...]
+
+The metrics are printed and appended to ``<work-dir>/metrics.json``.
+"""
+from mmws.tools.runner import test
+
+if __name__ == '__main__':
+    test()
