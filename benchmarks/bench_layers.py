@@ -1,0 +1,368 @@
+"""Layer benchmark: ``mmws.BCN`` and ``mmws.ConvWS`` against their peers, in one process.
+
+Normalizations, forward + backward in training (gradients of the input and all parameters)
+over a matrix of shapes ``N × C × S × S`` (N = 1, 2; C 64…2048; S 7…200; 32 groups):
+
+- ``GroupNorm``, ``BatchNorm2d``: the single-operation baselines;
+- ``BN→GN``: ``nn.BatchNorm2d`` then ``nn.GroupNorm`` as two modules, the straightforward
+  composition that BCN's batch and sync modes replace;
+- ``authors BCN``: the authors' formulation (BN; a batch norm over the input reshaped to
+  ``(1, N·G, C/G·S·S)`` for the group statistics; a per-group affine by broadcasting);
+- ``BN(estimates)→GN``: the straightforward composition that micro-batch BCN replaces (update
+  the estimates from the batch's per-channel statistics, ``F.batch_norm`` with the updated
+  estimates, ``F.group_norm``: :func:`mmws.models.functional.batch_channel_norm_reference`);
+- ``BCN micro``, ``BCN batch``, ``BCN sync``: ``mmws.BCN`` in each mode (one process: sync
+  behaves as batch).
+
+Convolutions (ResNet-50's bottleneck convs), training (forward + backward) and ``eval()``
+under ``torch.no_grad()``: ``Conv2d``, mmcv's ``ConvWS2d``, a timm-style ``StdConv2d`` (the
+weight standardized by one ``F.batch_norm`` over the reshaped weight) and ``mmws.ConvWS``.
+
+Per shape: median times (interleaved measurement), activations saved for backward, the
+profiler's peak memory, ratios, and the largest error of ``mmws.BCN`` / ``mmws.ConvWS``
+against the straightforward composition (outputs and gradients, relative to the reference's
+largest magnitude). Writes ``benchmarks/results/layers.json``.
+
+Run: ``.venv/bin/python benchmarks/bench_layers.py`` (about 5 minutes on 2 cores),
+``--quick`` for a seconds-long smoke run on one tiny shape.
+"""
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn.bricks import ConvWS2d
+from torch import Tensor, nn
+
+from common import (RESULTS_DIR, check_targets, machine, max_relative_error, peak_bytes, ratio,
+                    revision, saved_bytes, targets_table, time_interleaved, utc_now, write_json)
+from mmws import BCN, ConvWS
+from mmws.models.functional import batch_channel_norm_reference, estimate_update
+from render_readme import conv_table, norm_table
+
+GROUPS = 32
+# (C, S): ResNet stages at Mask R-CNN's 800-pixel scale, the issue's 256@128 and the extremes.
+NORM_SIZES = [(64, 200), (256, 128), (512, 100), (1024, 50), (2048, 25), (2048, 7), (64, 7)]
+# (in, out, kernel, S): ResNet-50 bottleneck convs (3×3 at each stage's resolution for a
+# 448-pixel input, and the last stage's 1×1 reduction).
+CONV_SIZES = [(64, 64, 3, 112), (128, 128, 3, 56), (256, 256, 3, 28), (512, 512, 3, 7),
+              (2048, 512, 1, 7)]
+BATCHES = (1, 2)
+REFERENCE_NORM_SHAPE = (2, 256, 128, 128)  # the shape the issue's figures were taken on
+QUICK_NORM_SHAPES = [(2, 64, 6, 6)]
+QUICK_CONV_SHAPES = [(1, 8, 16, 3, 6)]
+
+
+class AuthorsBCN(nn.Module):
+    """The authors' BCN formulation (large-batch), restated from their public code.
+
+    ``nn.BatchNorm2d``; reshape ``(N, C, H, W) → (1, N·G, C/G·H·W)`` and a batch norm without
+    affine in training mode (its "channels" are the (sample, group) pairs, so it computes the
+    group statistics); reshape to ``(N, G, C/G·H·W)``, per-group affine ``(1, G, 1)`` by
+    broadcasting; reshape back.
+    """
+
+    def __init__(self, num_features: int, num_groups: int = GROUPS, eps: float = 1e-5):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, eps=eps)
+        self.num_groups = num_groups
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, num_groups, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_groups, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn(x)
+        n = y.shape[0]
+        grouped = F.batch_norm(y.reshape(1, n * self.num_groups, -1), None, None,
+                               training=True, eps=self.eps)
+        grouped = grouped.view(n, self.num_groups, -1) * self.weight + self.bias
+        return grouped.view_as(x)
+
+
+class ComposedMicroBCN(nn.Module):
+    """Micro-batch BCN as the straightforward composition, on the state of a ``BCN``.
+
+    Under ``no_grad``: the batch's per-channel mean and biased variance, the estimate update
+    with the BCN's rate; then ``group_norm(batch_norm(x; updated estimates))``.
+    """
+
+    def __init__(self, bcn: BCN):
+        super().__init__()
+        self.bcn = bcn
+
+    def forward(self, x: Tensor) -> Tensor:
+        bcn = self.bcn
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=(0, *range(2, x.dim())), correction=0)
+            rate = bcn.update_rate()
+            estimate_update(bcn.running_mean, mean, rate)
+            estimate_update(bcn.running_var, var, rate)
+            bcn.num_batches_tracked.add_(1)
+        return batch_channel_norm_reference(x, bcn.running_mean, bcn.running_var,
+                                            bcn.bn_weight, bcn.bn_bias, bcn.weight, bcn.bias,
+                                            bcn.num_groups, bcn.eps)
+
+
+class StdConv2d(nn.Conv2d):
+    """timm-style Weight Standardization: one ``F.batch_norm`` over the weight viewed as
+    ``(1, O, n)`` gives the per-filter standardization (biased variance, eps inside the
+    root) in one fused kernel with a native backward."""
+
+    def __init__(self, *args, eps: float = 1e-5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                              training=True, momentum=0.0, eps=self.eps).view_as(self.weight)
+        return self._conv_forward(x, weight, self.bias)
+
+
+def randomized_bcn(channels: int, mode: str, generator: torch.Generator) -> BCN:
+    """A BCN with non-trivial affines and estimates (past its warm-up: the rate is r)."""
+    bcn = BCN(channels, num_groups=GROUPS, mode=mode)
+    with torch.no_grad():
+        for param in (bcn.weight, bcn.bn_weight):
+            param.copy_(1 + 0.3 * torch.randn(channels, generator=generator))
+        for param in (bcn.bias, bcn.bn_bias):
+            param.copy_(0.3 * torch.randn(channels, generator=generator))
+        bcn.running_mean.copy_(0.5 * torch.randn(channels, generator=generator))
+        bcn.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
+        bcn.num_batches_tracked.fill_(100)
+    return bcn
+
+
+def norm_variants(channels: int, generator: torch.Generator) -> Dict[str, nn.Module]:
+    bcns = {mode: randomized_bcn(channels, mode, generator) for mode in ('micro', 'batch',
+                                                                         'sync')}
+    return {
+        'GroupNorm': nn.GroupNorm(GROUPS, channels),
+        'BatchNorm2d': nn.BatchNorm2d(channels),
+        'BN→GN': nn.Sequential(nn.BatchNorm2d(channels), nn.GroupNorm(GROUPS, channels)),
+        'authors BCN': AuthorsBCN(channels),
+        'BN(estimates)→GN': ComposedMicroBCN(copy.deepcopy(bcns['micro'])),
+        **{f'BCN {mode}': bcn for mode, bcn in bcns.items()},
+    }
+
+
+def forward_backward(module: nn.Module, x: Tensor, grad_out: Tensor) -> Callable[[], object]:
+    """One training step of the layer: gradients of the input and all parameters (without
+    accumulating into ``.grad``, so every variant does exactly its own work)."""
+    inputs = [x, *(p for p in module.parameters() if p.requires_grad)]
+    return lambda: torch.autograd.grad(module(x), inputs, grad_out)
+
+
+def gradients(module: nn.Module, x: Tensor, grad_out: Tensor,
+              params: Sequence[Tensor]) -> List[Tensor]:
+    out = module(x)
+    return [out, *torch.autograd.grad(out, [x, *params], grad_out)]
+
+
+def bcn_errors(shape: Sequence[int], generator: torch.Generator) -> Dict[str, float]:
+    """Largest relative error of ``mmws.BCN`` against the straightforward composition, over
+    the output, the gradients of the input and the four affines, and (micro) the updated
+    estimates; per mode."""
+    x = (torch.randn(shape, generator=generator) * 1.5 + 0.7).requires_grad_()
+    grad_out = torch.randn(shape, generator=generator)
+    errors = {}
+    for mode in ('micro', 'batch', 'sync'):
+        bcn = randomized_bcn(shape[1], mode, generator).train()
+        params = [bcn.bn_weight, bcn.bn_bias, bcn.weight, bcn.bias]
+        if mode == 'micro':
+            reference = ComposedMicroBCN(copy.deepcopy(bcn))
+            ref_params = [reference.bcn.bn_weight, reference.bcn.bn_bias,
+                          reference.bcn.weight, reference.bcn.bias]
+        else:
+            reference = nn.Sequential(nn.BatchNorm2d(shape[1]), nn.GroupNorm(GROUPS, shape[1]))
+            with torch.no_grad():
+                for ref_param, param in zip(reference.parameters(), params):
+                    ref_param.copy_(param)
+            ref_params = list(reference.parameters())
+        actual = gradients(bcn, x, grad_out, params)
+        expected = gradients(reference, x, grad_out, ref_params)
+        if mode == 'micro':
+            actual += [bcn.running_mean, bcn.running_var]
+            expected += [reference.bcn.running_mean, reference.bcn.running_var]
+        errors[f'BCN {mode}'] = max(
+            max_relative_error(a.detach(), e.detach()) for a, e in zip(actual, expected))
+    return errors
+
+
+def authors_error(shape: Sequence[int], generator: torch.Generator) -> float:
+    """Relative error of the authors' formulation against ``mmws.BCN(mode='batch')`` with the
+    per-group affine repeated per channel (checks that the peer computes the same layer)."""
+    x = (torch.randn(shape, generator=generator) + 0.5).requires_grad_()
+    grad_out = torch.randn(shape, generator=generator)
+    authors = AuthorsBCN(shape[1])
+    bcn = BCN(shape[1], num_groups=GROUPS, mode='batch')
+    with torch.no_grad():
+        authors.weight.copy_(1 + 0.3 * torch.randn(1, GROUPS, 1, generator=generator))
+        authors.bias.copy_(0.3 * torch.randn(1, GROUPS, 1, generator=generator))
+        bcn.weight.copy_(authors.weight.flatten().repeat_interleave(shape[1] // GROUPS))
+        bcn.bias.copy_(authors.bias.flatten().repeat_interleave(shape[1] // GROUPS))
+    actual = gradients(authors, x, grad_out, [])
+    expected = gradients(bcn, x, grad_out, [])
+    return max(max_relative_error(a.detach(), e.detach()) for a, e in zip(actual, expected))
+
+
+def bench_norm(shape: Tuple[int, ...], repeats: int, min_seconds: float) -> Dict[str, object]:
+    generator = torch.Generator().manual_seed(0)
+    variants = {name: module.train() for name, module in
+                norm_variants(shape[1], generator).items()}
+    x = torch.randn(shape, generator=generator).requires_grad_()
+    grad_out = torch.randn(shape, generator=generator)
+    steps = {name: forward_backward(module, x, grad_out) for name, module in variants.items()}
+    times = time_interleaved(steps, repeats, warmup=2, min_seconds=min_seconds)
+    results = {
+        name: dict(ms=times[name], saved_bytes=saved_bytes(lambda: module(x),
+                                                          module.parameters()),
+                   peak_bytes=peak_bytes(steps[name]))
+        for name, module in variants.items()
+    }
+    errors = bcn_errors(shape, generator)
+    return dict(shape=list(shape), input_bytes=x.numel() * x.element_size(), variants=results,
+                errors=dict(errors, **{'authors BCN vs BCN batch': authors_error(shape,
+                                                                                  generator)}))
+
+
+def conv_variants(in_channels: int, out_channels: int, kernel: int,
+                  generator: torch.Generator) -> Dict[str, nn.Module]:
+    padding = kernel // 2
+    base = nn.Conv2d(in_channels, out_channels, kernel, padding=padding, bias=False)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(base.weight.shape, generator=generator))
+    variants = {'Conv2d': base,
+                'mmcv ConvWS2d': ConvWS2d(in_channels, out_channels, kernel, padding=padding,
+                                          bias=False),
+                'timm StdConv2d': StdConv2d(in_channels, out_channels, kernel, padding=padding,
+                                            bias=False),
+                'mmws ConvWS': ConvWS(in_channels, out_channels, kernel, padding=padding,
+                                      bias=False)}
+    for module in variants.values():
+        module.weight.data = base.weight.detach().clone()
+    return variants
+
+
+def conv_error(variants: Dict[str, nn.Module], x: Tensor, grad_out: Tensor) -> float:
+    """Relative error of ``mmws.ConvWS`` against mmcv's ``ConvWS2d`` (the same formula:
+    unbiased std + eps): output, input and weight gradients."""
+    actual = gradients(variants['mmws ConvWS'], x, grad_out, [variants['mmws ConvWS'].weight])
+    expected = gradients(variants['mmcv ConvWS2d'], x, grad_out,
+                         [variants['mmcv ConvWS2d'].weight])
+    return max(max_relative_error(a.detach(), e.detach()) for a, e in zip(actual, expected))
+
+
+def bench_conv(shape: Tuple[int, ...], repeats: int, min_seconds: float) -> Dict[str, object]:
+    batch, in_channels, out_channels, kernel, size = shape
+    generator = torch.Generator().manual_seed(0)
+    variants = conv_variants(in_channels, out_channels, kernel, generator)
+    x = torch.randn(batch, in_channels, size, size, generator=generator).requires_grad_()
+    grad_out = torch.randn(batch, out_channels, size, size, generator=generator)
+    train_steps = {name: forward_backward(module.train(), x, grad_out)
+                   for name, module in variants.items()}
+    train_ms = time_interleaved(train_steps, repeats, warmup=2, min_seconds=min_seconds)
+    results = {name: dict(train_ms=train_ms[name], train_saved_bytes=saved_bytes(
+        lambda: module(x), module.parameters())) for name, module in variants.items()}
+    error = conv_error(variants, x, grad_out)
+
+    def inference(module: nn.Module) -> Callable[[], object]:
+        def call():
+            with torch.no_grad():
+                return module(x)
+        return call
+
+    eval_steps = {name: inference(module.eval()) for name, module in variants.items()}
+    eval_ms = time_interleaved(eval_steps, repeats, warmup=2, min_seconds=min_seconds)
+    for name, result in results.items():
+        result['eval_ms'] = eval_ms[name]
+    return dict(shape=dict(batch=batch, in_channels=in_channels, out_channels=out_channels,
+                           kernel=kernel, size=size), variants=results,
+                errors={'mmws ConvWS vs mmcv ConvWS2d': error})
+
+
+def layer_targets(norm_rows: List[Dict], conv_rows: List[Dict]) -> List[Dict[str, object]]:
+    """The issue's layer targets, evaluated on the measured rows (ratios: ``value <= limit``)."""
+    reference = [row for row in norm_rows if tuple(row['shape']) == REFERENCE_NORM_SHAPE]
+    headline = reference or norm_rows[:1]
+    headline_shape = '×'.join(map(str, headline[0]['shape']))
+    targets = []
+    for mode, limit in (('micro', 1.25), ('batch', 1.6), ('sync', 1.6)):
+        targets.append(dict(name=f'BCN {mode} / GroupNorm time, {headline_shape}',
+                            value=ratio(headline[0], f'BCN {mode}', 'GroupNorm'), limit=limit))
+    for mode, limit in (('micro', 1.25), ('batch', 1.6), ('sync', 1.6)):
+        targets.append(dict(name=f'BCN {mode} / GroupNorm time, worst shape',
+                            value=max(ratio(r, f'BCN {mode}', 'GroupNorm') for r in norm_rows),
+                            limit=limit))
+    targets.append(dict(name='BCN micro / GroupNorm saved activations, worst shape',
+                        value=max(ratio(r, 'BCN micro', 'GroupNorm', 'saved_bytes')
+                                  for r in norm_rows), limit=1.2))
+    for mode, composition in (('micro', 'BN(estimates)→GN'), ('batch', 'BN→GN'),
+                              ('sync', 'BN→GN')):
+        targets.append(dict(name=f'BCN {mode} / {composition} time, worst shape',
+                            value=max(ratio(r, f'BCN {mode}', composition) for r in norm_rows),
+                            limit=1.0))
+    for phase in ('train', 'eval'):
+        targets.append(dict(
+            name=f'mmws ConvWS / mmcv ConvWS2d {phase} time, worst shape',
+            value=max(ratio(r, 'mmws ConvWS', 'mmcv ConvWS2d', f'{phase}_ms') for r in conv_rows),
+            limit=1.0))
+    for mode in ('micro', 'batch', 'sync'):
+        targets.append(dict(name=f'BCN {mode} vs composition, max relative error',
+                            value=max(r['errors'][f'BCN {mode}'] for r in norm_rows),
+                            limit=1e-5))
+    targets.append(dict(name='mmws ConvWS vs mmcv ConvWS2d, max relative error',
+                        value=max(r['errors']['mmws ConvWS vs mmcv ConvWS2d']
+                                  for r in conv_rows), limit=1e-5))
+    return check_targets(targets)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='one tiny shape per layer, one repeat (a smoke test)')
+    parser.add_argument('--repeats', type=int, default=7, help='timed calls per variant, '
+                        'at least (fast shapes get more: 0.5 s of timed rounds, up to 200)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch intra-op threads (default: 2; 1 with --quick, so that the '
+                        'smoke run stays fast on a loaded machine)')
+    parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'layers.json')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Dict[str, object]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or (1 if args.quick else 2))
+    if args.quick:
+        norm_shapes, conv_shapes, repeats, min_seconds = (QUICK_NORM_SHAPES, QUICK_CONV_SHAPES,
+                                                          1, 0.0)
+    else:
+        norm_shapes = [(n, c, s, s) for n in BATCHES for c, s in NORM_SIZES]
+        conv_shapes = [(n, *size) for n in BATCHES for size in CONV_SIZES]
+        repeats, min_seconds = args.repeats, 0.5
+    norm_rows, conv_rows = [], []
+    for shape in norm_shapes:
+        norm_rows.append(bench_norm(shape, repeats, min_seconds))
+        print('norm', shape, {k: round(v['ms'], 2) for k, v in norm_rows[-1]['variants'].items()},
+              flush=True)
+    for shape in conv_shapes:
+        conv_rows.append(bench_conv(shape, repeats, min_seconds))
+        print('conv', shape, flush=True)
+    payload = dict(benchmark='layers', taken_at=utc_now(), revision=revision(),
+                   machine=machine(), quick=args.quick,
+                   repeats=repeats, norm=norm_rows, conv=conv_rows,
+                   targets=layer_targets(norm_rows, conv_rows))
+    print('\nNormalizations, forward + backward (median ms):\n' + norm_table(norm_rows))
+    print('\nConvolutions, training forward + backward (median ms):\n' +
+          conv_table(conv_rows, 'train'))
+    print('\nConvolutions, eval() under no_grad (median ms):\n' + conv_table(conv_rows, 'eval'))
+    print('\nTargets:\n' + targets_table(payload['targets']))
+    write_json(args.out, payload)
+    print(f'\nwrote {args.out}')
+    return payload
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
