@@ -251,8 +251,9 @@ def _affine_output(x: Tensor, normalized: Optional[Tensor], mean: Tensor, var: T
     if normalized is None:
         return torch.addcmul(_broadcastable(out_shift, x), x, _broadcastable(out_scale, x))
     scale_of_normalized = out_scale * torch.sqrt(var + _INSTANCE_EPS)
-    return normalized.mul_(_broadcastable(scale_of_normalized, x)).add_(
-        _broadcastable(out_scale * mean + out_shift, x))
+    # One in-place pass: out= may alias an input of an element-wise op.
+    return torch.addcmul(_broadcastable(out_scale * mean + out_shift, x), normalized,
+                         _broadcastable(scale_of_normalized, x), out=normalized)
 
 
 def _broadcastable(t: Tensor, x: Tensor) -> Tensor:
