@@ -15,8 +15,7 @@ of two-stage detectors such as Mask R-CNN needs image metas and is not exportabl
 import argparse
 import os
 import sys
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,25 +25,9 @@ from mmengine.runner import load_checkpoint
 from torch import Tensor, nn
 
 from mmws.fuse import fuse
+from mmws.tools.runner import trusted_torch_load
 
 ONNX_OUTPUTS = ('tensor', 'features')
-TRUSTED_LOAD_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
-
-
-@contextmanager
-def trusted_torch_load() -> Iterator[None]:
-    """Let ``torch.load`` read full training checkpoints (message hub, optimizer state) inside
-    the block: MMEngine 0.10 calls it without ``weights_only``, which torch >= 2.6 defaults to
-    ``True``. Only for checkpoints the user names, as with any pickle."""
-    previous = os.environ.get(TRUSTED_LOAD_ENV)
-    os.environ[TRUSTED_LOAD_ENV] = '1'
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[TRUSTED_LOAD_ENV]
-        else:
-            os.environ[TRUSTED_LOAD_ENV] = previous
 
 
 class TensorForward(nn.Module):

@@ -19,7 +19,8 @@ import importlib
 import logging
 import os
 import os.path as osp
-from typing import List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,22 @@ from .metrics_file import MetricsFileHook
 
 TOOLBOXES = ('mmdet', 'mmseg')
 TRUSTED_LOAD_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+
+
+@contextmanager
+def trusted_torch_load() -> Iterator[None]:
+    """Let ``torch.load`` read full training checkpoints (message hub, optimizer state) inside
+    the block: MMEngine 0.10 calls it without ``weights_only``, which torch >= 2.6 defaults to
+    ``True``. Only for checkpoints the user names, as with any pickle."""
+    previous = os.environ.get(TRUSTED_LOAD_ENV)
+    os.environ[TRUSTED_LOAD_ENV] = '1'
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[TRUSTED_LOAD_ENV]
+        else:
+            os.environ[TRUSTED_LOAD_ENV] = previous
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
