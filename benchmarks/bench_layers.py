@@ -21,10 +21,14 @@ weight standardized by one ``F.batch_norm`` over the reshaped weight) and ``mmws
 Per shape: median times (interleaved measurement), activations saved for backward, the
 profiler's peak memory, ratios, and the largest error of ``mmws.BCN`` / ``mmws.ConvWS``
 against the straightforward composition (outputs and gradients, relative to the reference's
-largest magnitude). Writes ``benchmarks/results/layers.json``.
+largest magnitude). Per variant, once: the compute operators and host syncs of one
+``layer(x).sum().backward()`` at ``x = 2×64×32×32`` (on a GPU each operator is at least one
+kernel launch; ``--device cuda`` also counts the CUDA kernels). Writes
+``benchmarks/results/layers.json``.
 
 Run: ``.venv/bin/python benchmarks/bench_layers.py`` (about 5 minutes on 2 cores),
-``--quick`` for a seconds-long smoke run on one tiny shape.
+``--quick`` for a seconds-long smoke run on one tiny shape, ``--device cuda`` on a GPU
+(times from CUDA events).
 """
 import argparse
 import copy
@@ -37,23 +41,26 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import ConvWS2d
 from torch import Tensor, nn
 
-from common import (RESULTS_DIR, check_targets, machine, max_relative_error, peak_bytes, ratio,
-                    revision, saved_bytes, targets_table, time_interleaved, utc_now, write_json)
+from common import (RESULTS_DIR, check_targets, machine, max_relative_error, operator_counts,
+                    peak_bytes, ratio, revision, saved_bytes, targets_table, time_interleaved,
+                    utc_now, write_json)
 from mmws import BCN, ConvWS
-from mmws.models.functional import batch_channel_norm_reference, estimate_update
-from render_readme import conv_table, norm_table
+from mmws.models.functional import batch_channel_norm_reference
+from render_readme import conv_table, norm_table, operators_table
 
 GROUPS = 32
-# (C, S): ResNet stages at Mask R-CNN's 800-pixel scale, the issue's 256@128 and the extremes.
-NORM_SIZES = [(64, 200), (256, 128), (512, 100), (1024, 50), (2048, 25), (2048, 7), (64, 7)]
-# (in, out, kernel, S): ResNet-50 bottleneck convs (3×3 at each stage's resolution for a
+# N×C×S×S: the targets' shapes (ResNet/FPN levels at detection scale), a RoI head's
+# 512 RoIs at 7×7, and small ones where the operator count sets the time.
+TARGET_NORM_SHAPES = [(2, 256, 128, 128), (1, 256, 200, 200), (1, 1024, 50, 50),
+                      (2, 64, 64, 64)]
+NORM_SHAPES = TARGET_NORM_SHAPES + [(1, 2048, 25, 25), (512, 256, 7, 7), (2, 256, 7, 7)]
+# N, in, out, kernel, S: ResNet-50 bottleneck convs (3×3 at each stage's resolution for a
 # 448-pixel input, and the last stage's 1×1 reduction).
-CONV_SIZES = [(64, 64, 3, 112), (128, 128, 3, 56), (256, 256, 3, 28), (512, 512, 3, 7),
-              (2048, 512, 1, 7)]
-BATCHES = (1, 2)
-REFERENCE_NORM_SHAPE = (2, 256, 128, 128)  # the shape the issue's figures were taken on
+CONV_SHAPES = [(1, 64, 64, 3, 112), (1, 128, 128, 3, 56), (1, 256, 256, 3, 28),
+               (1, 512, 512, 3, 7), (1, 2048, 512, 1, 7)]
 QUICK_NORM_SHAPES = [(2, 64, 6, 6)]
 QUICK_CONV_SHAPES = [(1, 8, 16, 3, 6)]
+OPERATOR_SHAPE = (2, 64, 32, 32)  # the operator counts' input (../shared/tools/opcount.py)
 
 
 class AuthorsBCN(nn.Module):
@@ -85,8 +92,9 @@ class AuthorsBCN(nn.Module):
 class ComposedMicroBCN(nn.Module):
     """Micro-batch BCN as the straightforward composition, on the state of a ``BCN``.
 
-    Under ``no_grad``: the batch's per-channel mean and biased variance, the estimate update
-    with the BCN's rate; then ``group_norm(batch_norm(x; updated estimates))``.
+    Under ``no_grad``: the estimate update with the BCN's rate, the variance as the second
+    moment of ``x`` about the previous mean estimate (EstBN); then
+    ``group_norm(batch_norm(x; updated estimates))``.
     """
 
     def __init__(self, bcn: BCN):
@@ -96,10 +104,12 @@ class ComposedMicroBCN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         bcn = self.bcn
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=(0, *range(2, x.dim())), correction=0)
+            dims = (0, *range(2, x.dim()))
+            shape = (1, -1) + (1, ) * (x.dim() - 2)
             rate = bcn.update_rate()
-            estimate_update(bcn.running_mean, mean, rate)
-            estimate_update(bcn.running_var, var, rate)
+            second_moment = (x - bcn.running_mean.view(shape)).square().mean(dims)
+            bcn.running_mean.lerp_(x.mean(dims), rate)
+            bcn.running_var.lerp_(second_moment, rate)
             bcn.num_batches_tracked.add_(1)
         return batch_channel_norm_reference(x, bcn.running_mean, bcn.running_var,
                                             bcn.bn_weight, bcn.bn_bias, bcn.weight, bcn.bias,
@@ -161,22 +171,24 @@ def gradients(module: nn.Module, x: Tensor, grad_out: Tensor,
     return [out, *torch.autograd.grad(out, [x, *params], grad_out)]
 
 
-def bcn_errors(shape: Sequence[int], generator: torch.Generator) -> Dict[str, float]:
+def bcn_errors(shape: Sequence[int], generator: torch.Generator,
+               device: str = 'cpu') -> Dict[str, float]:
     """Largest relative error of ``mmws.BCN`` against the straightforward composition, over
     the output, the gradients of the input and the four affines, and (micro) the updated
     estimates; per mode."""
-    x = (torch.randn(shape, generator=generator) * 1.5 + 0.7).requires_grad_()
-    grad_out = torch.randn(shape, generator=generator)
+    x = (torch.randn(shape, generator=generator) * 1.5 + 0.7).to(device).requires_grad_()
+    grad_out = torch.randn(shape, generator=generator).to(device)
     errors = {}
     for mode in ('micro', 'batch', 'sync'):
-        bcn = randomized_bcn(shape[1], mode, generator).train()
+        bcn = randomized_bcn(shape[1], mode, generator).train().to(device)
         params = [bcn.bn_weight, bcn.bn_bias, bcn.weight, bcn.bias]
         if mode == 'micro':
             reference = ComposedMicroBCN(copy.deepcopy(bcn))
             ref_params = [reference.bcn.bn_weight, reference.bcn.bn_bias,
                           reference.bcn.weight, reference.bcn.bias]
         else:
-            reference = nn.Sequential(nn.BatchNorm2d(shape[1]), nn.GroupNorm(GROUPS, shape[1]))
+            reference = nn.Sequential(nn.BatchNorm2d(shape[1]),
+                                      nn.GroupNorm(GROUPS, shape[1])).to(device)
             with torch.no_grad():
                 for ref_param, param in zip(reference.parameters(), params):
                     ref_param.copy_(param)
@@ -191,11 +203,12 @@ def bcn_errors(shape: Sequence[int], generator: torch.Generator) -> Dict[str, fl
     return errors
 
 
-def authors_error(shape: Sequence[int], generator: torch.Generator) -> float:
+def authors_error(shape: Sequence[int], generator: torch.Generator,
+                  device: str = 'cpu') -> float:
     """Relative error of the authors' formulation against ``mmws.BCN(mode='batch')`` with the
     per-group affine repeated per channel (checks that the peer computes the same layer)."""
-    x = (torch.randn(shape, generator=generator) + 0.5).requires_grad_()
-    grad_out = torch.randn(shape, generator=generator)
+    x = (torch.randn(shape, generator=generator) + 0.5).to(device).requires_grad_()
+    grad_out = torch.randn(shape, generator=generator).to(device)
     authors = AuthorsBCN(shape[1])
     bcn = BCN(shape[1], num_groups=GROUPS, mode='batch')
     with torch.no_grad():
@@ -203,29 +216,43 @@ def authors_error(shape: Sequence[int], generator: torch.Generator) -> float:
         authors.bias.copy_(0.3 * torch.randn(1, GROUPS, 1, generator=generator))
         bcn.weight.copy_(authors.weight.flatten().repeat_interleave(shape[1] // GROUPS))
         bcn.bias.copy_(authors.bias.flatten().repeat_interleave(shape[1] // GROUPS))
+    authors, bcn = authors.to(device), bcn.to(device)
     actual = gradients(authors, x, grad_out, [])
     expected = gradients(bcn, x, grad_out, [])
     return max(max_relative_error(a.detach(), e.detach()) for a, e in zip(actual, expected))
 
 
-def bench_norm(shape: Tuple[int, ...], repeats: int, min_seconds: float) -> Dict[str, object]:
+def device_peak_bytes(call: Callable[[], object], device: str) -> int:
+    """Peak memory of one ``call()``: the profiler's timeline on the CPU, the allocator's
+    peak on a GPU."""
+    if device == 'cpu':
+        return peak_bytes(call)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    call()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def bench_norm(shape: Tuple[int, ...], repeats: int, min_seconds: float,
+               device: str) -> Dict[str, object]:
     generator = torch.Generator().manual_seed(0)
-    variants = {name: module.train() for name, module in
+    variants = {name: module.train().to(device) for name, module in
                 norm_variants(shape[1], generator).items()}
-    x = torch.randn(shape, generator=generator).requires_grad_()
-    grad_out = torch.randn(shape, generator=generator)
+    x = torch.randn(shape, generator=generator).to(device).requires_grad_()
+    grad_out = torch.randn(shape, generator=generator).to(device)
     steps = {name: forward_backward(module, x, grad_out) for name, module in variants.items()}
-    times = time_interleaved(steps, repeats, warmup=2, min_seconds=min_seconds)
+    times = time_interleaved(steps, repeats, warmup=2, min_seconds=min_seconds, device=device)
     results = {
         name: dict(ms=times[name], saved_bytes=saved_bytes(lambda: module(x),
                                                           module.parameters()),
-                   peak_bytes=peak_bytes(steps[name]))
+                   peak_bytes=device_peak_bytes(steps[name], device))
         for name, module in variants.items()
     }
-    errors = bcn_errors(shape, generator)
+    errors = bcn_errors(shape, generator, device)
     return dict(shape=list(shape), input_bytes=x.numel() * x.element_size(), variants=results,
-                errors=dict(errors, **{'authors BCN vs BCN batch': authors_error(shape,
-                                                                                  generator)}))
+                errors=dict(errors, **{'authors BCN vs BCN batch': authors_error(
+                    shape, generator, device)}))
 
 
 def conv_variants(in_channels: int, out_channels: int, kernel: int,
@@ -255,27 +282,25 @@ def conv_error(variants: Dict[str, nn.Module], x: Tensor, grad_out: Tensor) -> f
     return max(max_relative_error(a.detach(), e.detach()) for a, e in zip(actual, expected))
 
 
-def bench_conv(shape: Tuple[int, ...], repeats: int, min_seconds: float) -> Dict[str, object]:
+def bench_conv(shape: Tuple[int, ...], repeats: int, min_seconds: float,
+               device: str) -> Dict[str, object]:
     batch, in_channels, out_channels, kernel, size = shape
     generator = torch.Generator().manual_seed(0)
-    variants = conv_variants(in_channels, out_channels, kernel, generator)
-    x = torch.randn(batch, in_channels, size, size, generator=generator).requires_grad_()
-    grad_out = torch.randn(batch, out_channels, size, size, generator=generator)
+    variants = {name: module.to(device) for name, module in
+                conv_variants(in_channels, out_channels, kernel, generator).items()}
+    x = torch.randn(batch, in_channels, size, size, generator=generator).to(device)
+    x.requires_grad_()
+    grad_out = torch.randn(batch, out_channels, size, size, generator=generator).to(device)
     train_steps = {name: forward_backward(module.train(), x, grad_out)
                    for name, module in variants.items()}
-    train_ms = time_interleaved(train_steps, repeats, warmup=2, min_seconds=min_seconds)
+    train_ms = time_interleaved(train_steps, repeats, warmup=2, min_seconds=min_seconds,
+                                device=device)
     results = {name: dict(train_ms=train_ms[name], train_saved_bytes=saved_bytes(
         lambda: module(x), module.parameters())) for name, module in variants.items()}
     error = conv_error(variants, x, grad_out)
-
-    def inference(module: nn.Module) -> Callable[[], object]:
-        def call():
-            with torch.no_grad():
-                return module(x)
-        return call
-
-    eval_steps = {name: inference(module.eval()) for name, module in variants.items()}
-    eval_ms = time_interleaved(eval_steps, repeats, warmup=2, min_seconds=min_seconds)
+    eval_steps = {name: inference(module.eval(), x) for name, module in variants.items()}
+    eval_ms = time_interleaved(eval_steps, repeats, warmup=2, min_seconds=min_seconds,
+                               device=device)
     for name, result in results.items():
         result['eval_ms'] = eval_ms[name]
     return dict(shape=dict(batch=batch, in_channels=in_channels, out_channels=out_channels,
@@ -283,32 +308,58 @@ def bench_conv(shape: Tuple[int, ...], repeats: int, min_seconds: float) -> Dict
                 errors={'mmws ConvWS vs mmcv ConvWS2d': error})
 
 
-def layer_targets(norm_rows: List[Dict], conv_rows: List[Dict]) -> List[Dict[str, object]]:
-    """The issue's layer targets, evaluated on the measured rows (ratios: ``value <= limit``)."""
-    reference = [row for row in norm_rows if tuple(row['shape']) == REFERENCE_NORM_SHAPE]
-    headline = reference or norm_rows[:1]
-    headline_shape = '×'.join(map(str, headline[0]['shape']))
+def inference(module: nn.Module, x: Tensor) -> Callable[[], object]:
+    def call():
+        with torch.no_grad():
+            return module(x)
+    return call
+
+
+def operators(device: str) -> Dict[str, Dict[str, object]]:
+    """Compute operators and host syncs (and CUDA kernels) of every variant, at
+    :data:`OPERATOR_SHAPE`: ``layer(x).sum().backward()`` in training, the forward under
+    ``no_grad`` in ``eval()`` for the convolutions."""
+    generator = torch.Generator().manual_seed(0)
+    channels = OPERATOR_SHAPE[1]
+    x = torch.randn(OPERATOR_SHAPE, generator=generator).to(device).requires_grad_()
+    rows = {}
+    for name, module in norm_variants(channels, generator).items():
+        module = module.train().to(device)
+        rows[name] = operator_counts(lambda: module(x).sum().backward(), device)
+    for name, module in conv_variants(channels, channels, 3, generator).items():
+        module = module.to(device)
+        rows[name] = operator_counts(lambda: module.train()(x).sum().backward(), device)
+        rows[f'{name} eval'] = operator_counts(inference(module.eval(), x), device)
+    return rows
+
+
+def layer_targets(norm_rows: List[Dict], conv_rows: List[Dict],
+                  operator_rows: Dict[str, Dict]) -> List[Dict[str, object]]:
+    """The issue's layer targets, evaluated on the measured rows (``value <= limit``)."""
     targets = []
-    for mode, limit in (('micro', 1.25), ('batch', 1.6), ('sync', 1.6)):
-        targets.append(dict(name=f'BCN {mode} / GroupNorm time, {headline_shape}',
-                            value=ratio(headline[0], f'BCN {mode}', 'GroupNorm'), limit=limit))
-    for mode, limit in (('micro', 1.25), ('batch', 1.6), ('sync', 1.6)):
-        targets.append(dict(name=f'BCN {mode} / GroupNorm time, worst shape',
-                            value=max(ratio(r, f'BCN {mode}', 'GroupNorm') for r in norm_rows),
-                            limit=limit))
-    targets.append(dict(name='BCN micro / GroupNorm saved activations, worst shape',
+    for row in norm_rows:
+        if tuple(row['shape']) in TARGET_NORM_SHAPES or len(norm_rows) == 1:
+            shape = '×'.join(map(str, row['shape']))
+            for mode in ('micro', 'batch'):
+                targets.append(dict(name=f'BCN {mode} / GroupNorm time, {shape}',
+                                    value=ratio(row, f'BCN {mode}', 'GroupNorm'), limit=1.25))
+    for mode in ('micro', 'batch', 'sync'):
+        counts = operator_rows[f'BCN {mode}']
+        targets.append(dict(name=f'BCN {mode} compute operators (fwd+bwd)',
+                            value=counts['compute'], limit=24))
+        targets.append(dict(name=f'BCN {mode} host syncs', value=counts['host_syncs'], limit=0))
+    counts = operator_rows['mmws ConvWS']
+    targets.append(dict(name='mmws ConvWS compute operators (training fwd+bwd)',
+                        value=counts['compute'], limit=14))
+    targets.append(dict(name='mmws ConvWS host syncs', value=counts['host_syncs'], limit=0))
+    targets.append(dict(name='mmws ConvWS eval operators / Conv2d eval operators',
+                        value=operator_rows['mmws ConvWS eval']['compute'] /
+                        operator_rows['Conv2d eval']['compute'], limit=1.0))
+    large = [row for row in norm_rows if row['shape'][-1] >= 25] or norm_rows
+    # equal up to the per-channel statistics (C floats) saved beside x
+    targets.append(dict(name='BCN micro / GroupNorm saved activations, from 25×25 up',
                         value=max(ratio(r, 'BCN micro', 'GroupNorm', 'saved_bytes')
-                                  for r in norm_rows), limit=1.2))
-    for mode, composition in (('micro', 'BN(estimates)→GN'), ('batch', 'BN→GN'),
-                              ('sync', 'BN→GN')):
-        targets.append(dict(name=f'BCN {mode} / {composition} time, worst shape',
-                            value=max(ratio(r, f'BCN {mode}', composition) for r in norm_rows),
-                            limit=1.0))
-    for phase in ('train', 'eval'):
-        targets.append(dict(
-            name=f'mmws ConvWS / mmcv ConvWS2d {phase} time, worst shape',
-            value=max(ratio(r, 'mmws ConvWS', 'mmcv ConvWS2d', f'{phase}_ms') for r in conv_rows),
-            limit=1.0))
+                                  for r in large), limit=1.01))
     for mode in ('micro', 'batch', 'sync'):
         targets.append(dict(name=f'BCN {mode} vs composition, max relative error',
                             value=max(r['errors'][f'BCN {mode}'] for r in norm_rows),
@@ -328,32 +379,38 @@ def parse_args(argv):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch intra-op threads (default: 2; 1 with --quick, so that the '
                         'smoke run stays fast on a loaded machine)')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu',
+                        help='cuda: times from CUDA events, CUDA kernels counted')
     parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'layers.json')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> Dict[str, object]:
     args = parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda: no CUDA device is available')
     torch.set_num_threads(args.threads or (1 if args.quick else 2))
     if args.quick:
         norm_shapes, conv_shapes, repeats, min_seconds = (QUICK_NORM_SHAPES, QUICK_CONV_SHAPES,
                                                           1, 0.0)
     else:
-        norm_shapes = [(n, c, s, s) for n in BATCHES for c, s in NORM_SIZES]
-        conv_shapes = [(n, *size) for n in BATCHES for size in CONV_SIZES]
+        norm_shapes, conv_shapes = NORM_SHAPES, CONV_SHAPES
         repeats, min_seconds = args.repeats, 0.5
+    operator_rows = operators(args.device)
+    print('Operators of layer(x).sum().backward(), x = ' + '×'.join(map(str, OPERATOR_SHAPE)) +
+          ':\n' + operators_table(operator_rows), flush=True)
     norm_rows, conv_rows = [], []
     for shape in norm_shapes:
-        norm_rows.append(bench_norm(shape, repeats, min_seconds))
+        norm_rows.append(bench_norm(shape, repeats, min_seconds, args.device))
         print('norm', shape, {k: round(v['ms'], 2) for k, v in norm_rows[-1]['variants'].items()},
               flush=True)
     for shape in conv_shapes:
-        conv_rows.append(bench_conv(shape, repeats, min_seconds))
+        conv_rows.append(bench_conv(shape, repeats, min_seconds, args.device))
         print('conv', shape, flush=True)
     payload = dict(benchmark='layers', taken_at=utc_now(), revision=revision(),
-                   machine=machine(), quick=args.quick,
-                   repeats=repeats, norm=norm_rows, conv=conv_rows,
-                   targets=layer_targets(norm_rows, conv_rows))
+                   machine=machine(), device=args.device, quick=args.quick,
+                   repeats=repeats, operators=operator_rows, norm=norm_rows, conv=conv_rows,
+                   targets=layer_targets(norm_rows, conv_rows, operator_rows))
     print('\nNormalizations, forward + backward (median ms):\n' + norm_table(norm_rows))
     print('\nConvolutions, training forward + backward (median ms):\n' +
           conv_table(conv_rows, 'train'))

@@ -29,10 +29,26 @@ from torch.profiler import ProfilerActivity, profile
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 
 
+def timed_ms(call: Callable[[], object], device: str = 'cpu') -> float:
+    """Milliseconds of one ``call()``: wall time on the CPU, CUDA events on a GPU (the device
+    time from the first launch to the last kernel's end)."""
+    if device == 'cpu':
+        begin = time.perf_counter()
+        call()
+        return (time.perf_counter() - begin) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_interleaved(variants: Mapping[str, Callable[[], object]], repeats: int,
                      warmup: int = 1, min_seconds: float = 0.0,
-                     max_repeats: int = 200) -> Dict[str, float]:
-    """Median wall time in milliseconds of each variant, measured interleaved.
+                     max_repeats: int = 200, device: str = 'cpu') -> Dict[str, float]:
+    """Median time in milliseconds of each variant, measured interleaved.
 
     Args:
         variants: Name → a call to time (its result is discarded).
@@ -42,6 +58,7 @@ def time_interleaved(variants: Mapping[str, Callable[[], object]], repeats: int,
             expected to take this long, judged from the last warm-up round: fast calls get
             more samples.
         max_repeats: Upper bound of the raised ``repeats``.
+        device: ``'cpu'`` (wall time) or ``'cuda'`` (CUDA events, see :func:`timed_ms`).
 
     Returns:
         Name → median milliseconds.
@@ -62,9 +79,7 @@ def time_interleaved(variants: Mapping[str, Callable[[], object]], repeats: int,
     for round_index in range(repeats):
         start = round_index % len(names)
         for name in names[start:] + names[:start]:
-            begin = time.perf_counter()
-            variants[name]()
-            samples[name].append((time.perf_counter() - begin) * 1e3)
+            samples[name].append(timed_ms(variants[name], device))
     return {name: median(values) for name, values in samples.items()}
 
 
@@ -104,6 +119,49 @@ def peak_bytes(call: Callable[[], object]) -> int:
         with gzip.open(path, 'rt') as file:
             _, sizes = json.load(file)
     return int(max((sum(by_category) for by_category in sizes), default=0))
+
+
+# Aten operators that launch no work (views, metadata, allocation) and the host syncs, as
+# `../shared/tools/opcount.py` classifies them.
+NOT_COMPUTE = frozenset({
+    'view', 'reshape', '_reshape_alias', 'expand', 'as_strided', 'unsqueeze', 'squeeze',
+    'select', 'slice', 't', 'transpose', 'permute', 'detach', 'alias', 'lift_fresh', 'empty',
+    'empty_like', 'empty_strided', 'resolve_conj', 'resolve_neg', 'flatten', 'view_as',
+    'expand_as', 'unflatten', 'split', 'chunk', 'contiguous', 'to', '_to_copy',
+    'requires_grad_', 'result_type', 'is_nonzero', 'item', '_local_scalar_dense', 'size',
+    'stride', 'numel', 'dim', 'is_same_size', 'set_', 'unbind', '_unsafe_view', 'narrow', 'clone'
+})
+HOST_SYNC = frozenset({'item', '_local_scalar_dense', 'is_nonzero'})
+
+
+def operator_counts(call: Callable[[], object], device: str = 'cpu') -> Dict[str, object]:
+    """The operators one ``call()`` launches, as a GPU would launch them.
+
+    Counts the top-level aten operators the profiler records (after one untimed warm-up
+    call): ``compute`` (everything but views and metadata: each is at least one kernel
+    launch on a GPU) and ``host_syncs`` (``item`` / ``_local_scalar_dense`` / ``is_nonzero``:
+    a device-to-host copy that stalls the GPU queue), with ``names`` the compute operators by
+    name. On ``device='cuda'`` also ``kernels``: the CUDA kernels actually launched.
+    """
+    call()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        call()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+    names = [event.name[len('aten::'):] for event in prof.events()
+             if event.name.startswith('aten::') and not (
+                 event.cpu_parent and event.cpu_parent.name.startswith('aten::'))]
+    compute = [name for name in names if name not in NOT_COMPUTE]
+    counts: Dict[str, int] = {}
+    for name in compute:
+        counts[name] = counts.get(name, 0) + 1
+    result = dict(compute=len(compute), host_syncs=sum(name in HOST_SYNC for name in names),
+                  names=counts)
+    if device == 'cuda':
+        result['kernels'] = sum(event.device_type == torch.autograd.DeviceType.CUDA
+                                for event in prof.events())
+    return result
 
 
 def machine() -> Dict[str, object]:
@@ -164,10 +222,16 @@ def check_targets(targets: Sequence[Mapping]) -> List[Dict[str, object]]:
 
 
 def targets_table(targets: Sequence[Mapping]) -> str:
-    rows = [(t['name'], f'{t["value"]:.3g}', f'≤ {t["limit"]:g}',
-             'met' if t['met'] else f'missed by {t["value"] / t["limit"] - 1:.0%}')
-            for t in targets]
+    rows = [(t['name'], f'{t["value"]:.3g}', f'≤ {t["limit"]:g}', _status(t)) for t in targets]
     return markdown_table(('target', 'measured', 'limit', 'status'), rows)
+
+
+def _status(target: Mapping) -> str:
+    if target['met']:
+        return 'met'
+    if target['limit'] == 0:
+        return 'missed'
+    return f'missed by {target["value"] / target["limit"] - 1:.0%}'
 
 
 def ratio(row: Mapping, name: str, baseline: str, key: str = 'ms') -> float:

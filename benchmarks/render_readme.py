@@ -1,10 +1,14 @@
-"""Render the README's performance section from the benchmarks' JSON results.
+"""Render the README's performance section and toy-study tables from the benchmarks' JSON results.
 
 Reads ``benchmarks/results/layers.json`` (``bench_layers.py``) and
 ``benchmarks/results/models.json`` (``bench_models.py``) and prints a markdown section: the
-machine, the tables of both benchmarks and every target with its status.
+machine, the tables of both benchmarks and every target with its status. With ``--toy`` it
+renders the toy study's tables (``benchmarks/results/toy_study.json``, ``toy_study.py``)
+instead, and with ``--readme README.md`` writes them into the README between the markers
+:data:`TOY_BEGIN` and :data:`TOY_END`.
 
-Run: ``.venv/bin/python benchmarks/render_readme.py [--layers PATH] [--models PATH]``.
+Run: ``.venv/bin/python benchmarks/render_readme.py [--layers PATH] [--models PATH]`` or
+``.venv/bin/python benchmarks/render_readme.py --toy [PATH] [--readme README.md]``.
 """
 import argparse
 import json
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from common import RESULTS_DIR, markdown_table, mib, ratio, targets_table
+from toy_study import markdown as toy_markdown
 
 REGENERATE = ('.venv/bin/python benchmarks/bench_layers.py && '
               '.venv/bin/python benchmarks/bench_models.py && '
@@ -20,6 +25,8 @@ REGENERATE = ('.venv/bin/python benchmarks/bench_layers.py && '
 NORM_COLUMNS = {'GroupNorm': 'GN', 'BatchNorm2d': 'BN', 'BN→GN': 'BN→GN',
                 'authors BCN': 'authors', 'BN(estimates)→GN': 'BN(est.)→GN',
                 'BCN micro': 'micro', 'BCN batch': 'batch', 'BCN sync': 'sync'}
+TOY_BEGIN = '<!-- toy study: rendered by benchmarks/render_readme.py --toy --readme README.md -->'
+TOY_END = '<!-- end of toy study -->'
 
 
 def norm_table(rows: List[Dict]) -> str:
@@ -41,6 +48,15 @@ def norm_table(rows: List[Dict]) -> str:
                         f'{mib(variants["BCN micro"]["saved_bytes"])}',
                         f'{mib(variants["GroupNorm"]["peak_bytes"])}, '
                         f'{mib(variants["BCN micro"]["peak_bytes"])}'])
+    return markdown_table(header, body)
+
+
+def operators_table(rows: Dict[str, Dict]) -> str:
+    """Compute operators and host syncs (and CUDA kernels, when counted) per variant."""
+    with_kernels = all('kernels' in counts for counts in rows.values())
+    header = ['layer', 'compute ops', 'host syncs'] + (['CUDA kernels'] if with_kernels else [])
+    body = [[name, counts['compute'], counts['host_syncs']] +
+            ([counts['kernels']] if with_kernels else []) for name, counts in rows.items()]
     return markdown_table(header, body)
 
 
@@ -96,6 +112,12 @@ def layers_section(layers: Dict) -> List[str]:
         '### Layers', '',
         f'Machine: {machine_line(layers)}. Median of at least {layers["repeats"]} interleaved '
         'calls per variant (more for fast shapes).', '',
+        '**Operators** of one `layer(x).sum().backward()` in training at x = 2×64×32×32 (the '
+        'loss `sum` and the backward seed included; convolutions 64→64 3×3 without bias, one '
+        'operator fewer than `../shared/tools/opcount.py`\'s with bias), and of '
+        'one forward under `no_grad` in `eval()` ("eval" rows). On a GPU each compute operator '
+        'is at least one kernel launch; a host sync stalls the launch queue.', '',
+        operators_table(layers['operators']), '',
         '**Normalizations**, forward + backward in training (gradients of the input and all '
         'affines), median ms; 32 groups. `BN→GN`: two modules; `authors`: the authors\' '
         'formulation (BN, a batch norm over the `(1, N·G, ·)` view, per-group affine); '
@@ -145,11 +167,34 @@ def render(layers: Dict, models: Dict) -> str:
     return '\n'.join(lines)
 
 
+def replace_block(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with what lies between the lines ``begin`` and ``end`` replaced by ``block``.
+
+    Raises:
+        ValueError: A marker is missing, or ``end`` comes before ``begin``.
+    """
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f'expected the markers {begin!r} and then {end!r}')
+    return text[:start + len(begin)] + '\n' + block.strip('\n') + '\n' + text[stop:]
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--layers', type=Path, default=RESULTS_DIR / 'layers.json')
     parser.add_argument('--models', type=Path, default=RESULTS_DIR / 'models.json')
+    parser.add_argument('--toy', type=Path, nargs='?', const=RESULTS_DIR / 'toy_study.json',
+                        help='render the toy study\'s tables from this JSON instead')
+    parser.add_argument('--readme', type=Path,
+                        help='with --toy: write the tables into this README between its markers')
     args = parser.parse_args(argv)
+    if args.toy is not None:
+        markdown = toy_markdown(json.loads(args.toy.read_text()))
+        if args.readme is not None:
+            args.readme.write_text(
+                replace_block(args.readme.read_text(), TOY_BEGIN, TOY_END, markdown))
+        print(markdown)
+        return markdown
     markdown = render(json.loads(args.layers.read_text()), json.loads(args.models.read_text()))
     print(markdown)
     return markdown

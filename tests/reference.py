@@ -53,18 +53,38 @@ def reference_bcn(x, mean, var, bn_weight, bn_bias, weight, bias, num_groups, ep
     return reference_group_norm(y, num_groups, weight, bias, eps)
 
 
-class ReferenceEstimates:
-    """The estimate recursion μ̂ ← (1 - r) μ̂ + r μ_batch with the averaging warm-up."""
+def channel_elements(x):
+    """All values of each channel of ``x`` (N, C, *S), as rows of a ``(C, N * M)`` matrix."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
 
-    def __init__(self, channels, momentum, warmup=True, dtype=torch.float64):
+
+class ReferenceEstimates:
+    """The estimate recursions, with the averaging warm-up ``r_t = max(r, 1 / (t + 1))``.
+
+    ``form='est_bn'`` (micro mode; the authors' EstBN): ``μ̂ ← (1 - r) μ̂ + r mean(x)``,
+    ``σ̂² ← (1 - r) σ̂² + r mean((x - μ̂_old)²)``, the first update about the batch mean.
+    ``form='unbiased'`` (batch mode, as ``nn.BatchNorm2d``): ``σ̂²`` follows the unbiased
+    batch variance.
+    """
+
+    def __init__(self, channels, momentum, warmup=True, form='est_bn', dtype=torch.float64):
         self.mean = torch.zeros(channels, dtype=dtype)
         self.var = torch.ones(channels, dtype=dtype)
         self.steps = 0
         self.momentum = momentum
         self.warmup = warmup
+        self.form = form
 
-    def update(self, batch_mean, batch_var):
+    def update(self, elements):
+        """One step from the ``(C, K)`` values of each channel in the batch."""
+        elements = elements.to(self.mean.dtype)
         rate = max(self.momentum, 1 / (self.steps + 1)) if self.warmup else self.momentum
-        self.mean = (1 - rate) * self.mean + rate * batch_mean.to(self.mean.dtype)
-        self.var = (1 - rate) * self.var + rate * batch_var.to(self.var.dtype)
+        batch_mean = elements.mean(1)
+        if self.form == 'unbiased':
+            batch_var = ((elements - batch_mean[:, None])**2).sum(1) / (elements.shape[1] - 1)
+        else:
+            center = self.mean if self.steps else batch_mean
+            batch_var = ((elements - center[:, None])**2).mean(1)
+        self.mean = (1 - rate) * self.mean + rate * batch_mean
+        self.var = (1 - rate) * self.var + rate * batch_var
         self.steps += 1

@@ -2,7 +2,8 @@ import copy
 
 import pytest
 import torch
-from reference import ReferenceEstimates, reference_batch_stats, reference_bcn
+from reference import (ReferenceEstimates, channel_elements, reference_batch_stats,
+                       reference_bcn, reference_group_norm)
 from torch import nn
 
 from mmws import BCN
@@ -57,7 +58,7 @@ def test_micro_training_updates_then_normalizes(shape):
     for step in range(3):
         x = make_input(shape, seed=step)
         out = bcn(x)
-        ref.update(*reference_batch_stats(x.double()))
+        ref.update(channel_elements(x.double()))
         expected = reference_bcn(x.double(), ref.mean, ref.var,
                                  *(p.double() for p in params_of(bcn)), 4)
         torch.testing.assert_close(bcn.running_mean, ref.mean.float(), rtol=1e-5, atol=1e-6)
@@ -71,10 +72,10 @@ def test_average_warmup_schedule():
     ref = ReferenceEstimates(8, 0.25)
     rates = []
     for step in range(6):
-        rates.append(bcn.update_rate())
+        rates.append(float(bcn.update_rate()))
         x = make_input((2, 8, 4, 4), seed=step)
         bcn(x)
-        ref.update(*reference_batch_stats(x.double()))
+        ref.update(channel_elements(x.double()))
     assert rates == [1.0, 0.5, pytest.approx(1 / 3), 0.25, 0.25, 0.25]
     torch.testing.assert_close(bcn.running_var, ref.var.float(), rtol=1e-5, atol=1e-6)
     # the first step copies the batch statistics: no bias from the (0, 1) initialization
@@ -82,19 +83,97 @@ def test_average_warmup_schedule():
     x = make_input((1, 8, 6, 6))
     fresh(x)
     torch.testing.assert_close(fresh.running_mean, reference_batch_stats(x)[0])
+    torch.testing.assert_close(fresh.running_var, reference_batch_stats(x)[1])
 
 
 def test_no_warmup_and_frozen_estimates():
     bcn = BCN(8, num_groups=2, momentum=0.1, average_warmup=False)
-    assert bcn.update_rate() == 0.1
+    assert float(bcn.update_rate()) == pytest.approx(0.1)
     x = make_input((1, 8, 5, 5))
     bcn(x)
     torch.testing.assert_close(bcn.running_mean, 0.1 * reference_batch_stats(x)[0])
     frozen = randomize(BCN(8, num_groups=2, momentum=0.0))
-    before = frozen.state_dict()
+    frozen.num_batches_tracked.zero_()  # frozen even where the warm-up would start
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
     frozen(x)
-    for key, value in frozen.state_dict().items():
-        assert torch.equal(value, before[key]), key
+    for key in ('running_mean', 'running_var'):
+        assert torch.equal(frozen.state_dict()[key], before[key]), key
+
+
+def test_momentum_is_a_device_value():
+    bcn = randomize(BCN(8, num_groups=2, momentum=0.1))
+    bcn.momentum = 0.3
+    assert bcn.momentum == 0.3 and float(bcn.update_rate()) == pytest.approx(0.3)
+    assert 'rate_config' not in bcn.state_dict()
+    assert bcn.double().rate_config.dtype == torch.float64
+    with pytest.raises(ValueError, match='-0.5'):
+        bcn.momentum = -0.5
+
+
+def test_population_variance_form_of_the_estimates():
+    """Micro mode's variance update is the second moment about the previous mean estimate."""
+    bcn = randomize(BCN(8, num_groups=2, momentum=0.2))
+    old_mean, old_var = bcn.running_mean.double().clone(), bcn.running_var.double().clone()
+    x = make_input((1, 8, 5, 5), seed=4).double() + 2.0
+    bcn(x.float())
+    elements = channel_elements(x)
+    expected = 0.8 * old_var + 0.2 * ((elements - old_mean[:, None])**2).mean(1)
+    torch.testing.assert_close(bcn.running_var, expected.float())
+
+
+@pytest.mark.parametrize('shape,groups', [((4, 8, 5, 5), 4), ((2, 16, 3), 4), ((6, 16), 2)])
+def test_batch_mode_is_batchnorm_then_groupnorm(shape, groups):
+    bcn = BCN(shape[1], num_groups=groups, mode='batch', average_warmup=False).train()
+    randomize(bcn).num_batches_tracked.zero_()
+    bn = nn.BatchNorm2d(shape[1]) if len(shape) == 4 else nn.BatchNorm1d(shape[1])
+    gn = nn.GroupNorm(groups, shape[1])
+    with torch.no_grad():
+        bn.weight.copy_(bcn.bn_weight), bn.bias.copy_(bcn.bn_bias)
+        bn.running_mean.copy_(bcn.running_mean), bn.running_var.copy_(bcn.running_var)
+        gn.weight.copy_(bcn.weight), gn.bias.copy_(bcn.bias)
+    composed = nn.Sequential(bn, gn).train()
+    for step in range(3):
+        x = make_input(shape, seed=step).requires_grad_()
+        twin = x.detach().clone().requires_grad_()
+        out, expected = bcn(x), composed(twin)
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+        weights = make_input(shape, seed=10 + step)
+        (out * weights).sum().backward()
+        (expected * weights).sum().backward()
+        torch.testing.assert_close(x.grad, twin.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bcn.running_mean, bn.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bcn.running_var, bn.running_var, rtol=1e-6, atol=1e-6)
+    for ours, theirs in [(bcn.bn_weight, bn.weight), (bcn.bn_bias, bn.bias),
+                         (bcn.weight, gn.weight), (bcn.bias, gn.bias)]:
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoints_of_the_previous_form_load_and_train_on():
+    """mmws 0.1 wrote exactly these keys (estimates from the batch-variance form)."""
+    old = {'weight': torch.ones(8), 'bias': torch.zeros(8), 'bn_weight': torch.ones(8),
+           'bn_bias': torch.zeros(8), 'running_mean': torch.full((8, ), 0.5),
+           'running_var': torch.full((8, ), 0.8), 'num_batches_tracked': torch.tensor(500)}
+    bcn = BCN(8, num_groups=2)
+    bcn.load_state_dict(old, strict=True)
+    for step in range(2):
+        out = bcn(make_input((1, 8, 5, 5), seed=step).requires_grad_())
+        out.sum().backward()
+        assert torch.isfinite(out).all()
+    assert int(bcn.num_batches_tracked) == 502
+
+
+def test_loaded_estimates_without_step_counter_are_kept():
+    """An old checkpoint without num_batches_tracked: the first fine-tuning step moves the
+    estimates at rate r, it does not overwrite them with one image's statistics."""
+    source = randomize(BCN(8, num_groups=2, momentum=0.1))
+    legacy = {k: v for k, v in source.state_dict().items() if k != 'num_batches_tracked'}
+    bcn = BCN(8, num_groups=2, momentum=0.1)
+    bcn.load_state_dict(legacy)
+    assert float(bcn.update_rate()) == pytest.approx(0.1)
+    x = make_input((1, 8, 5, 5))
+    bcn(x)
+    expected = 0.9 * source.running_mean + 0.1 * reference_batch_stats(x)[0]
+    torch.testing.assert_close(bcn.running_mean, expected)
 
 
 @pytest.mark.parametrize('shape', [(4, 8, 5, 5), (2, 16, 3), (3, 8, 2, 2, 2)])
@@ -112,10 +191,12 @@ def test_batch_modes_use_batch_statistics(shape, mode):
                               (x, *params_of(bcn)))
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-4)
-    # and the estimates follow them (100 steps tracked: rate = momentum)
+    # and the estimates follow them, the variance unbiased (100 steps tracked: rate = r)
+    values = x.numel() // shape[1]
     torch.testing.assert_close(bcn.running_var,
                                (0.9 * randomize(BCN(shape[1], 4)).running_var.double() +
-                                0.1 * var).float(), rtol=1e-5, atol=1e-6)
+                                0.1 * var * values / (values - 1)).float(),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('mode', ['micro', 'batch'])

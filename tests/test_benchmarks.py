@@ -70,9 +70,18 @@ def test_layers_schema_and_equivalence(results):
     for measured in conv['variants'].values():
         assert measured['train_ms'] > 0 and measured['eval_ms'] > 0
     assert conv['errors']['mmws ConvWS vs mmcv ConvWS2d'] <= TOLERANCE
+    # operator counts of every variant, deterministic: the budgets are met
+    operators = payload['operators']
+    assert set(NORM_VARIANTS) | set(CONV_VARIANTS) | {f'{n} eval' for n in CONV_VARIANTS} == \
+        set(operators)
+    assert all(counts['compute'] > 0 and counts['host_syncs'] >= 0
+               for counts in operators.values())
     check_targets(payload['targets'])
     errors = [t for t in payload['targets'] if 'error' in t['name']]
     assert len(errors) == 4 and all(t['met'] for t in errors)
+    budgets = [t for t in payload['targets'] if 'BCN' in t['name'] and
+               ('operators' in t['name'] or 'syncs' in t['name'])]
+    assert len(budgets) == 6 and all(t['met'] for t in budgets)
 
 
 def test_models_schema(results):
@@ -144,3 +153,14 @@ def test_check_targets_flags_a_miss(benchmarks_on_path):
                         dict(name='slow', value=1.5, limit=1.25)])
     assert [t['met'] for t in targets] == [True, False]
     assert 'missed by 20%' in targets_table(targets)
+    syncs = evaluate([dict(name='syncs', value=1, limit=0)])
+    assert not syncs[0]['met'] and '| missed |' in targets_table(syncs)
+
+
+def test_operator_counts_see_compute_and_host_syncs(benchmarks_on_path):
+    from common import operator_counts
+    x = torch.randn(8)
+    counts = operator_counts(lambda: (x * 2).sum().item())
+    assert counts['compute'] == 2 and counts['names'] == {'mul': 1, 'sum': 1}
+    assert counts['host_syncs'] == 1
+    assert operator_counts(lambda: x.view(2, 4).t())['compute'] == 0

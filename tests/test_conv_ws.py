@@ -1,5 +1,6 @@
 import copy
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -140,6 +141,45 @@ def test_eval_cache_is_reused_and_invalidated():
     conv.double()
     with torch.no_grad():
         assert conv(x.double()).dtype == torch.float64
+
+
+def test_ema_hook_validation_uses_the_averaged_weights():
+    """MMEngine's EMAHook swaps the weights through ``.data`` (no version bump) before each
+    validation; the loops call ``eval()`` after that swap and ``train()`` after the swap back,
+    and both drop the cache, so validation sees the averaged weights and training its own."""
+    from mmengine.hooks import EMAHook
+    torch.manual_seed(5)
+    model = nn.Sequential(ConvWS(3, 4, 3))
+    runner = SimpleNamespace(model=model, iter=0, max_iters=10)
+    hook = EMAHook(momentum=0.5)
+    hook.before_run(runner)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(2, 3, 6, 6)
+
+    def expected_output():
+        conv = model[0]
+        return F.conv2d(x, reference_standardize(conv.weight.detach()), conv.bias.detach())
+
+    for iteration in range(3):
+        model.train()  # as the train loop, every iteration
+        optimizer.zero_grad()
+        model(x).square().sum().backward()
+        optimizer.step()
+        runner.iter = iteration
+        hook.after_train_iter(runner, iteration)
+        source = model[0].weight.detach().clone()
+        # validation, as ValLoop.run: before_val_epoch hooks, then model.eval()
+        hook.before_val_epoch(runner)
+        model.eval()
+        if iteration:  # the first update copies the weights; then they differ
+            assert not torch.equal(model[0].weight, source)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), expected_output(), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model(x), expected_output(), rtol=1e-5, atol=1e-5)
+        hook.after_val_epoch(runner)
+        assert torch.equal(model[0].weight, source)
+        model.train()
+        torch.testing.assert_close(model(x), expected_output(), rtol=1e-5, atol=1e-5)
 
 
 def test_no_cache_in_training_or_with_grad():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from reference import ReferenceEstimates
+from reference import ReferenceEstimates, channel_elements
 
 from mmws import BCN
 
@@ -62,7 +62,8 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
         torch.save(dict(running_mean=micro.running_mean, running_var=micro.running_var,
                         steps=micro.num_batches_tracked, sync_out=out.detach(),
                         sync_grad=x.grad, sync_bn_weight_grad=sync.bn_weight.grad,
-                        sync_running_mean=sync.running_mean),
+                        sync_running_mean=sync.running_mean,
+                        sync_running_var=sync.running_var),
                    os.path.join(result_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
@@ -86,9 +87,7 @@ def test_micro_estimates_identical_across_ranks(rank_results):
 def test_micro_estimates_equal_those_of_all_elements_of_all_ranks(rank_results):
     ref = ReferenceEstimates(CHANNELS, momentum=0.3)
     for step in range(len(MICRO_SHAPES) - 1):
-        elements = torch.cat([x.transpose(0, 1).reshape(CHANNELS, -1).double()
-                              for x in micro_inputs(step)], dim=1)
-        ref.update(elements.mean(1), elements.var(1, unbiased=False))
+        ref.update(torch.cat([channel_elements(x) for x in micro_inputs(step)], dim=1))
     torch.testing.assert_close(rank_results[0]['running_mean'], ref.mean.float())
     torch.testing.assert_close(rank_results[0]['running_var'], ref.var.float())
 
@@ -107,3 +106,5 @@ def test_sync_mode_equals_batch_mode_on_the_concatenated_batch(rank_results):
     single(sync_inputs()[0])
     for result in rank_results:
         torch.testing.assert_close(result['sync_running_mean'], single.running_mean)
+        # unbiased over the elements of all processes, as nn.SyncBatchNorm
+        torch.testing.assert_close(result['sync_running_var'], single.running_var)

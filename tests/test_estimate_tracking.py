@@ -1,4 +1,5 @@
-"""The trade-off the README documents for BCN's update rate, checked on the benchmark's stream."""
+"""The trade-off the README documents for BCN's update rate and what its estimates converge to,
+checked on the benchmark's streams."""
 import importlib.util
 from pathlib import Path
 
@@ -8,11 +9,16 @@ SCRIPT = Path(__file__).parents[1] / 'benchmarks' / 'estimate_tracking.py'
 
 
 @pytest.fixture(scope='module')
-def rows():
+def tracking_module():
     spec = importlib.util.spec_from_file_location('estimate_tracking', SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {rate: module.track(rate) for rate in (0.03, 0.1, 0.3)}
+    return module
+
+
+@pytest.fixture(scope='module')
+def rows(tracking_module):
+    return {rate: tracking_module.track(rate) for rate in (0.03, 0.1, 0.3)}
 
 
 def test_faster_rates_follow_jumps_sooner(rows):
@@ -27,3 +33,14 @@ def test_faster_rates_keep_more_single_image_noise(rows):
 
 def test_faster_rates_lag_less_under_drift(rows):
     assert rows[0.03]['drift_lag'] > rows[0.1]['drift_lag'] > rows[0.3]['drift_lag']
+
+
+@pytest.mark.parametrize('images', [1, 2])
+def test_micro_estimates_converge_to_the_population_variance(tracking_module, images):
+    """BCN's variance estimate counts the between-image spread (1 std of per-image channel
+    offsets: population variance 2); the batch's own variance would miss most of it."""
+    est_bn = tracking_module.population_ratio('est_bn', 1.0, images, steps=600, settle=200)
+    batch_variance = tracking_module.population_ratio('batch_variance', 1.0, images,
+                                                      steps=600, settle=200)
+    assert 0.97 < est_bn < 1.05
+    assert batch_variance < 0.8

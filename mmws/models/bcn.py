@@ -6,16 +6,17 @@ the batch size. In micro-batch training (1–2 images per GPU) the batch part no
 *estimated* statistics that move toward each batch's statistics, since the tiny batch's own
 statistics are noise.
 """
-import functools
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from .functional import (batch_affine, batch_channel_norm_reference, channel_moments,
-                         estimate_update, group_scale_shift, moment_affine)
+from .functional import (batch_channel_norm, batch_channel_norm_reference, channel_moments,
+                         estimate_rate, estimate_update, second_moment_about)
+from .load_checks import check_bcn_state
 
 MODES = ('micro', 'batch', 'sync')
 
@@ -24,40 +25,34 @@ def _distributed_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _global_channel_moments(sample_mean: Tensor, sample_var: Tensor, spatial_size: int,
-                            differentiable: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def _global_channel_moments(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-channel mean and biased variance over all elements of all processes' batches.
 
-    Each process contributes sums over its ``N × M`` elements per channel (processes may have
-    different ``N`` and spatial sizes ``M``, including ``N = 0``); one all-reduce adds
-    ``[count, Σ x, Σ x²]``, in float64 for the estimates (no gradient) or in the moments' dtype
-    through the differentiable all-reduce (sync mode).
+    Processes may have different ``N`` and spatial sizes, including ``N = 0``. One float64
+    all-reduce adds ``[count, Σ x, Σ x²]`` (from this process's moments, so ``Σ x²`` is never
+    formed from raw squares); nothing is read back to the host.
 
     Args:
-        sample_mean: Per-sample channel means of this process, ``(N, C)``.
-        sample_var: Per-sample channel biased variances, ``(N, C)``.
-        spatial_size: ``M``, the spatial positions per sample.
-        differentiable: Whether gradients flow back through the all-reduce.
+        x: This process's input, ``(N, C, *S)``.
 
     Returns:
-        ``(mean, var, count)``: ``(C,)``, ``(C,)`` and the global element count (a scalar
-        tensor; the statistics are zeros where it is 0).
+        ``(mean, var, count)``: ``(C,)``, ``(C,)`` in ``x``'s statistics dtype, and the
+        global element count per channel (a float64 scalar tensor; the statistics are zeros
+        where it is 0).
     """
-    count = sample_mean.new_full((1, ), float(sample_mean.shape[0] * spatial_size))
-    sums = spatial_size * sample_mean.sum(0)
-    square_sums = spatial_size * (sample_var + sample_mean.square()).sum(0)
-    packed = torch.cat([count, sums, square_sums])
-    if differentiable:
-        from torch.distributed.nn.functional import all_reduce
-        packed = all_reduce(packed)
+    local_count = x.numel() // x.shape[1]
+    if local_count:
+        mean, var = channel_moments(x)
     else:
-        packed = packed.detach().double()
-        dist.all_reduce(packed)
-    channels = sample_mean.shape[1]
-    total = packed[0]
-    mean = packed[1:1 + channels] / total.clamp_min(1)
-    var = (packed[1 + channels:] / total.clamp_min(1) - mean.square()).clamp_min(0)
-    return mean.to(sample_mean.dtype), var.to(sample_mean.dtype), total
+        mean = var = x.new_zeros(x.shape[1])
+    mean, var = mean.double(), var.double()
+    packed = torch.cat([mean.new_full((1, ), local_count), local_count * mean,
+                        local_count * (var + mean.square())])
+    dist.all_reduce(packed)
+    count, sums, square_sums = packed[0], *packed[1:].chunk(2)
+    global_mean = sums / count.clamp_min(1)
+    global_var = (square_sums / count.clamp_min(1) - global_mean.square()).clamp_min(0)
+    return global_mean.to(x.dtype), global_var.to(x.dtype), count
 
 
 @MODELS.register_module()
@@ -75,27 +70,42 @@ class BCN(nn.GroupNorm):
 
     - ``'micro'`` (default, 1–2 images per GPU): the estimates ``running_mean`` and
       ``running_var`` (no gradient through them). In training, each step first moves them
-      toward this batch's per-channel mean and *biased* variance,
-      ``μ̂ ← (1 - r) μ̂ + r μ_batch`` (likewise ``σ̂²``), then normalizes with the updated
-      estimates. Under ``torch.distributed`` the batch statistics are those of all elements of
-      all processes' batches (one all-reduce), so every rank keeps identical estimates.
+      toward this batch's statistics with rate ``r`` — the authors' ``EstBN`` form, the
+      variance as the second moment about the *previous* mean estimate::
+
+          μ̂ ← (1 - r) μ̂ + r μ_B
+          σ̂² ← (1 - r) σ̂² + r mean((x - μ̂_old)²) = (1 - r) σ̂² + r (σ²_B + (μ_B - μ̂_old)²)
+
+      then normalizes with the updated estimates. The second moment counts the spread of the
+      per-image means around the estimate, so ``σ̂²`` converges to the *population* variance
+      (within-image plus between-image) whatever the number of images per step; the batch's
+      own variance alone would converge to the within-image part only. The very first update
+      (``num_batches_tracked == 0``: nothing estimated yet) centres on the batch mean. Under
+      ``torch.distributed`` the batch statistics are those of all elements of all processes'
+      batches (one all-reduce), so every rank keeps identical estimates.
     - ``'batch'``: this process's batch statistics, as ``nn.BatchNorm2d`` (large batches per
-      GPU); the estimates follow them with rate ``r`` for evaluation.
-    - ``'sync'``: the batch statistics of all processes, with gradients flowing through the
-      all-reduce (as ``nn.SyncBatchNorm``); a single process behaves as ``'batch'``.
+      GPU); the estimates follow the batch mean and *unbiased* variance with rate ``r``, as
+      ``nn.BatchNorm2d``'s do. A ``'batch'`` BCN equals ``BatchNorm2d → GroupNorm`` (estimates
+      included, with ``average_warmup=False``).
+    - ``'sync'``: the batch statistics of all processes, with gradients flowing through them
+      (as ``nn.SyncBatchNorm``); a single process behaves as ``'batch'``.
 
     In ``eval()`` every mode normalizes with the estimates.
 
     The rate ``r`` is ``momentum`` (default 0.1: the estimates average the last ~10 batches,
-    half-life ln 2 / r ≈ 7 steps; see the README for how they track a shifting input). With
+    half-life ln 2 / r ≈ 7 steps; see the README for how they track a shifting input). It can
+    be changed at any time (``bcn.momentum = 0.05``, e.g. by :class:`mmws.BCNMomentumHook`)
+    without recompiling a compiled model: it lives in a device buffer. With
     ``average_warmup`` the rate of step ``t`` (counted by ``num_batches_tracked``) is
-    ``max(r, 1 / (t + 1))``: until ``1 / r`` batches have been seen the estimates are the plain
-    average of all batches so far, which removes the bias of their ``(0, 1)`` initialization
-    (the first step copies the batch statistics). ``momentum=0`` freezes the estimates.
+    ``max(r, 1 / (t + 1))``: until ``1 / r`` batches have been seen the estimates are the
+    average of all batches so far, which removes the bias of their ``(0, 1)`` initialization.
+    ``momentum=0`` freezes the estimates. A checkpoint that holds estimates but no step
+    counter loads as warmed up (``t = ceil(1/r) - 1``): loaded estimates are never discarded.
 
-    The computation is fused: the batch part is a per-channel affine during the step, so the
-    group statistics of ``y`` follow from per-sample channel moments of ``x`` and BCN runs as
-    one statistics pass and one output pass ``z = S x + T``, saving only ``x`` for backward.
+    The layer is lean on accelerators: no host synchronization, one all-reduce per step under
+    ``torch.distributed``, two native kernels forward (``batch_norm``, ``group_norm``) and three
+    backward, saving only ``x`` (like ``nn.GroupNorm``), and ``torch.compile(fullgraph=True)``
+    traces it.
 
     BCN subclasses ``nn.GroupNorm`` (its outer operation; ``weight``/``bias`` are the channel
     part's per-channel affine), so MMEngine's optimizer constructor treats all four affine
@@ -132,14 +142,11 @@ class BCN(nn.GroupNorm):
         if num_groups <= 0 or num_features <= 0 or num_features % num_groups != 0:
             raise ValueError(f'BCN needs num_features divisible by num_groups, got '
                              f'num_features={num_features}, num_groups={num_groups}')
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f'BCN momentum must be in [0, 1], got {momentum}')
         if mode not in MODES:
             raise ValueError(f'BCN mode must be one of {MODES}, got {mode!r}')
         if eps <= 0:
             raise ValueError(f'BCN eps must be > 0, got {eps}')
         super().__init__(num_groups, num_features, eps=eps, affine=True)
-        self.momentum = momentum
         self.mode = mode
         self.average_warmup = average_warmup
         self.bn_weight = nn.Parameter(torch.ones(num_features))
@@ -147,10 +154,27 @@ class BCN(nn.GroupNorm):
         self.register_buffer('running_mean', torch.zeros(num_features))
         self.register_buffer('running_var', torch.ones(num_features))
         self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+        # [r, warm-up weight]: read by the forward on the device (see `momentum`).
+        self.register_buffer('rate_config', torch.zeros(2), persistent=False)
+        self.momentum = momentum
 
     @property
     def num_features(self) -> int:
         return self.num_channels
+
+    @property
+    def momentum(self) -> float:
+        """The update rate ``r`` of the estimates."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f'BCN momentum must be in [0, 1], got {value}')
+        self._momentum = float(value)
+        # fill_ with a host scalar: a device kernel, no synchronization.
+        self.rate_config[0].fill_(self._momentum)
+        self.rate_config[1].fill_(float(self.average_warmup and self._momentum > 0))
 
     def reset_running_stats(self) -> None:
         """Reset the estimates to mean 0, variance 1 and the step count to 0."""
@@ -165,113 +189,111 @@ class BCN(nn.GroupNorm):
             nn.init.zeros_(self.bn_bias)
             self.reset_running_stats()
 
-    def update_rate(self) -> float:
-        """The rate ``r`` of the next estimate update."""
-        if self.average_warmup:
-            return max(self.momentum, 1.0 / (int(self.num_batches_tracked) + 1))
-        return self.momentum
+    def update_rate(self) -> Tensor:
+        """The rate ``r_t`` of the next estimate update (a scalar tensor on the device)."""
+        return estimate_rate(self.num_batches_tracked + 1, self.rate_config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # Like GroupNorm under autocast: normalize in float32, return float32.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._normalize(x.float())
+        return self._normalize(x)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._eval_forward(x)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            raise RuntimeError('BCN can only be traced or exported in eval() mode')
+        # 1. This step's statistics: of the local batch, or of all processes' batches.
+        batch_mean, batch_var, count = self._batch_statistics(x)
+        # 2. The estimate update.
+        if batch_mean is not None:
+            self._update_estimates(batch_mean, batch_var, count, x)
+        # 3. The statistics the batch part normalizes with, and 4. the normalization.
+        if self.mode == 'micro' or batch_mean is None:
+            # Copies: the backward needs this step's estimates, and a shared module (a head
+            # applied to every FPN level) updates the buffers again before it runs.
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            grad_mode = 'estimates'
+        else:
+            mean, var = batch_mean, batch_var
+            grad_mode = 'sync' if count is not None else 'batch'
+        return batch_channel_norm(x, mean.to(x.dtype), var.to(x.dtype), self.bn_weight,
+                                  self.bn_bias, self.weight, self.bias, self.num_groups,
+                                  self.eps, grad_mode, count)
+
+    def _eval_forward(self, x: Tensor) -> Tensor:
+        """The estimates, no update: the plain composition (it traces and exports)."""
+        if x.numel() == 0:
+            return x.clone()
+        return batch_channel_norm_reference(x, self.running_mean.to(x.dtype),
+                                            self.running_var.to(x.dtype), self.bn_weight,
+                                            self.bn_bias, self.weight, self.bias,
+                                            self.num_groups, self.eps)
+
+    def _batch_statistics(
+            self, x: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """``(mean, biased var, global count or None)`` of this training step.
+
+        The statistics are ``None`` when there is nothing to take them from (an empty batch
+        on a single process). ``count`` is set when they come from an all-reduce (micro and
+        sync modes under ``torch.distributed``).
+        """
+        if self.mode != 'batch' and _distributed_world_size() > 1:
+            return _global_channel_moments(x)
+        values_per_channel = x.numel() // self.num_channels
+        if values_per_channel == 0:
+            return None, None, None
+        if self.mode != 'micro' and values_per_channel < 2:
+            raise ValueError(
+                f"BCN(mode='{self.mode}') needs more than 1 value per channel in training, "
+                f'got input of shape {tuple(x.shape)}; use mode=\'micro\' for micro-batches')
+        return (*channel_moments(x), None)
+
+    @torch.no_grad()
+    def _update_estimates(self, batch_mean: Tensor, batch_var: Tensor, count: Optional[Tensor],
+                          x: Tensor) -> None:
+        """Move the estimates toward this step's statistics (see the class docstring)."""
+        if self.mode == 'micro':  # about the previous estimate, if there is one yet
+            variance = second_moment_about(self.running_mean, batch_mean, batch_var,
+                                           self.num_batches_tracked.clamp(max=1))
+        else:
+            variance = batch_var * self._unbiased_factor(x, count)
+        if count is None:
+            self.num_batches_tracked.add_(1)
+            rate = estimate_rate(self.num_batches_tracked, self.rate_config)
+        else:  # no update where all processes' batches were empty
+            nonempty = (count > 0).long()
+            self.num_batches_tracked.add_(nonempty)
+            rate = estimate_rate(self.num_batches_tracked.clamp_min(1), self.rate_config)
+            rate = rate * nonempty
+        estimate_update(self.running_var, variance, rate)
+        estimate_update(self.running_mean, batch_mean, rate)
+
+    def _unbiased_factor(self, x: Tensor, count: Optional[Tensor]):
+        """``M / (M - 1)`` for ``M`` values per channel (local, or ``count`` of all
+        processes)."""
+        if count is None:
+            values = x.numel() // self.num_channels
+            return values / (values - 1)
+        return count / (count - 1).clamp_min(1)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f'BCN({self.num_channels}) expects input of shape (N, '
                              f'{self.num_channels}, ...), got {tuple(x.shape)}')
 
-    def _uses_batch_statistics(self) -> bool:
-        return self.training and self.mode != 'micro'
-
-    def _update_estimates(self, mean: Tensor, var: Tensor) -> None:
-        rate = self.update_rate()
-        with torch.no_grad():
-            estimate_update(self.running_mean, mean.detach(), rate)
-            estimate_update(self.running_var, var.detach(), rate)
-            self.num_batches_tracked.add_(1)
-
-    def _synchronizes_statistics(self) -> bool:
-        """Whether this step's batch statistics come from an all-reduce over processes."""
-        return self.training and self.mode != 'batch' and _distributed_world_size() > 1
-
-    def _batch_statistics(self, sample_mean: Tensor, sample_var: Tensor,
-                          spatial_size: int) -> Tuple[Tensor, Tensor, int]:
-        """Per-channel statistics of this step and their element count (of all processes
-        where the mode says so)."""
-        if self._synchronizes_statistics():
-            mean, var, count = _global_channel_moments(
-                sample_mean, sample_var, spatial_size, differentiable=self.mode == 'sync')
-            return mean, var, int(count)
-        mean, var = channel_moments(sample_mean, sample_var)
-        return mean, var, sample_mean.shape[0] * spatial_size
-
-    def _scale_shift(self, spatial_size: int, sample_mean: Tensor, sample_var: Tensor,
-                     bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
-                     bias: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(S, T)`` of ``z = S x + T`` from the per-sample moments of ``x``; updates the
-        estimates in training."""
-        if self.training:
-            mean, var, count = self._batch_statistics(sample_mean, sample_var, spatial_size)
-            if self.momentum > 0 and count > 0:
-                self._update_estimates(mean, var)
-        if not self._uses_batch_statistics():
-            mean = self.running_mean.to(sample_mean.dtype)
-            var = self.running_var.to(sample_mean.dtype)
-        scale, shift = batch_affine(mean, var, bn_weight, bn_bias, self.eps)
-        return group_scale_shift(sample_mean, sample_var, scale, shift, weight, bias,
-                                 self.num_groups, self.eps)
-
-    def _empty_forward(self, x: Tensor) -> Tensor:
-        """An empty batch: nothing to normalize, but peers that all-reduce their statistics
-        need this process to take part (with zero elements) to neither hang nor diverge."""
-        if not self._synchronizes_statistics():
-            return x.clone()
-        # In sync mode the all-reduce is differentiable: its input must require grad and its
-        # output stay in the graph, so that this process joins its backward too.
-        no_samples = x.new_zeros((0, self.num_channels), dtype=torch.float32,
-                                 requires_grad=self.mode == 'sync' and torch.is_grad_enabled())
-        out_scale, out_shift = self._scale_shift(1, no_samples, no_samples, self.bn_weight,
-                                                 self.bn_bias, self.weight, self.bias)
-        return x.clone() + 0 * (out_scale.sum() + out_shift.sum()).to(x.dtype)
-
-    def _check_batch_size(self, x: Tensor) -> None:
-        values_per_channel = x.numel() // self.num_channels
-        if self._synchronizes_statistics():
-            return  # other processes contribute values too
-        if values_per_channel < 2:
-            raise ValueError(
-                f"BCN(mode='{self.mode}') needs more than 1 value per channel in training, "
-                f'got input of shape {tuple(x.shape)}; use mode=\'micro\' for micro-batches')
-
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        if x.numel() == 0:
-            return self._empty_forward(x)
-        if self._uses_batch_statistics():
-            self._check_batch_size(x)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return self._reference_forward(x)
-        if torch.is_autocast_enabled(x.device.type):
-            # Like GroupNorm under autocast: normalize in float32, return float32.
-            with torch.autocast(x.device.type, enabled=False):
-                return self._fused_forward(x.float())
-        return self._fused_forward(x)
-
-    def _fused_forward(self, x: Tensor) -> Tensor:
-        params = (self.bn_weight, self.bn_bias, self.weight, self.bias)
-        spatial_size = x[0, 0].numel()
-        return moment_affine(x, functools.partial(self._scale_shift, spatial_size), params)
-
-    def _reference_forward(self, x: Tensor) -> Tensor:
-        """The plain composition (tracing, export): estimates only, no update."""
-        if self.training:
-            raise RuntimeError('BCN can only be traced or exported in eval() mode')
-        return batch_channel_norm_reference(x, self.running_mean, self.running_var,
-                                            self.bn_weight, self.bn_bias, self.weight,
-                                            self.bias, self.num_groups, self.eps)
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Checkpoints written without the step counter (as old BN ones) load as step 0.
+        # Estimates without a step counter (old BN-style checkpoints) are estimates all the
+        # same: they load as warmed up, never to be overwritten by a first-step rate of 1.
         key = prefix + 'num_batches_tracked'
-        if key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
+        if key not in state_dict and prefix + 'running_mean' in state_dict:
+            warm = math.ceil(1 / self.momentum) - 1 if self.momentum > 0 else 0
+            state_dict[key] = torch.tensor(warm, dtype=torch.long)
+        check_bcn_state(state_dict, prefix, unexpected_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 

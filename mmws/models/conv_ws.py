@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..registry import MODELS
 from .functional import standardize_weight
+from .load_checks import check_conv_ws_state
 
 
 @MODELS.register_module()
@@ -34,8 +35,16 @@ class ConvWS(nn.Conv2d):
     In ``eval()`` mode without autograd, the standardized weight is cached and reused while
     the weight tensor is unchanged (same storage and version counter), so inference costs a
     plain conv. Any in-place change (``load_state_dict``, an optimizer step), a move to another
-    device or dtype, or ``train()`` invalidates the cache. Under ``torch.autocast`` the
-    weight statistics are computed in float32.
+    device or dtype, and every ``train()`` or ``eval()`` call invalidate the cache. Writes
+    through ``.data`` bypass the version counter: make them before ``eval()``, as MMEngine's
+    loops do with ``EMAHook``'s weight swap (its ``before_val_epoch`` runs before the loop's
+    ``model.eval()``), or call ``train(False)`` again. Under ``torch.autocast`` the weight
+    statistics are computed in float32.
+
+    The training forward is lean: the standardization is one ``std_mean`` and a few per-filter
+    operators with a closed-form backward (or, with ``eps_inside_sqrt=True``, one
+    ``batch_norm`` kernel each way), no host synchronization, and
+    ``torch.compile(fullgraph=True)`` traces it.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
@@ -98,6 +107,12 @@ class ConvWS(nn.Conv2d):
     def train(self, mode: bool = True) -> 'ConvWS':
         self._cached_weight = self._cached_key = None
         return super().train(mode)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        check_conv_ws_state(state_dict, prefix, unexpected_keys)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
 
     def forward(self, x: Tensor) -> Tensor:
         use_cache = not (self.training or torch.is_grad_enabled())
