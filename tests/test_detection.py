@@ -82,26 +82,39 @@ def build(model_cfg, init=True):
 
 def test_every_detection_config_is_shipped():
     names = {name_of(c) for c in COCO_CONFIGS}
-    for model in ('mask-rcnn_r50', 'mask-rcnn_r101', 'faster-rcnn_r50'):
-        for norm in ('gn-ws', 'bcn-ws'):
-            for batch in (1, 2):
-                for schedule in ('1x', '2x'):
-                    assert f'{model}_fpn_{norm}_8xb{batch}-{schedule}_coco' in names
-    assert len(names) == 24
+    expected = {
+        f'{model}_fpn_{norm}_8xb{batch}-{schedule}_coco'
+        for norm in ('gn-ws', 'bcn-ws') for batch in (1, 2)
+        for model, schedules in (('mask-rcnn_r50', ('1x', '2x', '20-23-24e')),
+                                 ('mask-rcnn_r101', ('1x', '2x', '20-23-24e')),
+                                 ('faster-rcnn_r50', ('1x', '2x')))
+        for schedule in schedules
+    }
+    # The authors' Faster R-CNN R-101: 1 image per GPU, 1x.
+    expected |= {f'faster-rcnn_r101_fpn_{norm}_8xb1-1x_coco' for norm in ('gn-ws', 'bcn-ws')}
+    assert names == expected
+
+
+# Epochs and lr milestones of each schedule in the config names: mmdet's 1x and 2x, and the
+# authors' "2x" for Mask R-CNN (mmdet's gn+ws/*_20-23-24e).
+SCHEDULES = {'1x': (12, [8, 11]), '2x': (24, [16, 22]), '20-23-24e': (24, [20, 23])}
 
 
 @pytest.mark.parametrize('path', COCO_CONFIGS, ids=name_of)
 def test_coco_config_settings_follow_its_name(path):
     cfg = load(path)
     name = name_of(path)
-    batch, schedule = re.search(r'_8xb(\d)-(\dx)_', name).groups()
+    batch, schedule = re.search(r'_8xb(\d)-(\dx|20-23-24e)_coco$', name).groups()
     assert cfg.custom_imports.imports == ['mmws']
     assert cfg.train_dataloader.batch_size == int(batch)
     # lr set for the total batch (8 GPUs x batch), linear rule via auto_scale_lr.
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(0.01 * int(batch))
     assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=8 * int(batch))
-    assert cfg.train_cfg.max_epochs == {'1x': 12, '2x': 24}[schedule]
-    assert cfg.param_scheduler[-1].milestones == {'1x': [8, 11], '2x': [16, 22]}[schedule]
+    epochs, milestones = SCHEDULES[schedule]
+    assert cfg.train_cfg.max_epochs == epochs
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.type, warmup.end, warmup.by_epoch) == ('LinearLR', 500, False)
+    assert (steps.type, steps.end, steps.milestones) == ('MultiStepLR', epochs, milestones)
     backbone = cfg.model.backbone
     assert backbone.depth == int(re.search(r'_r(\d+)_', name).group(1))
     checkpoint = backbone.init_cfg.checkpoint
@@ -189,7 +202,8 @@ def tiny_key(path):
 
 
 # One config per distinct model: the others differ from one of these only in data, batch size,
-# schedule, depth or pretrained weights, which `tiny` replaces.
+# schedule, depth, pretrained weights or hooks, which `tiny` replaces (the toy detectors: the
+# from-scratch ones).
 STEPPED = [
     osp.join(REPO, 'configs', path) for path in (
         'mask_rcnn/mask-rcnn_r50_fpn_gn-ws_8xb2-1x_coco.py',
@@ -197,7 +211,10 @@ STEPPED = [
         'faster_rcnn/faster-rcnn_r50_fpn_gn-ws_8xb2-1x_coco.py',
         'faster_rcnn/faster-rcnn_r50_fpn_bcn-ws_8xb2-1x_coco.py',
     )
-] + sorted(glob.glob(osp.join(REPO, 'configs/toy/*coco*.py')))
+] + sorted(glob.glob(osp.join(REPO, 'configs/toy/mask-rcnn_r18_fpn_*-toy_coco.py'))) + [
+    # fine-tuning a BN backbone keeps its statistics (norm_eval=True): a model of its own
+    osp.join(REPO, 'configs/toy/mask-rcnn_r18-toypre_fpn_bn_1xb1-toy_coco.py')
+]
 
 
 def test_every_config_model_is_one_that_is_stepped():

@@ -1,10 +1,16 @@
-"""The shared tools: argument handling, toolbox detection, metrics file, plots, an mmseg run."""
+"""The shared tools: argument handling, toolbox detection, metrics file, plots, an mmseg run,
+``tools/test.py``'s painting and test-time augmentation on the toy data."""
+import glob
+import importlib
 import json
 import os.path as osp
 from types import SimpleNamespace
 
+import cv2
 import pytest
+import torch
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 from mmws.tools import runner as tool
 from mmws.tools.metrics_file import MetricsFileHook
@@ -136,3 +142,119 @@ def test_train_then_test_an_mmseg_config(tmp_path):
     records = json.loads(open(osp.join(work_dir, 'metrics.json')).read())
     assert [r['mode'] for r in records] == ['val', 'test']
     assert records[1]['mIoU'] == pytest.approx(records[0]['mIoU'])
+
+
+def test_test_cli_matches_the_toolboxes():
+    args = tool.parse_test_args(['cfg.py', 'ckpt.pth', '--show', '--show-dir', 'painted',
+                                 '--wait-time', '0.5', '--tta'])
+    assert (args.show, args.show_dir, args.wait_time, args.tta) == (True, 'painted', 0.5, True)
+    args = tool.parse_test_args(['cfg.py', 'ckpt.pth'])
+    assert (args.show, args.show_dir, args.wait_time, args.tta) == (False, None, 2, False)
+
+
+def checkpoint_of(config, path):
+    """A checkpoint of the config's model, freshly initialized (what ``tools/test.py`` loads)."""
+    cfg = Config.fromfile(config)
+    scope = cfg.default_scope
+    registry = importlib.import_module(f'{scope}.registry')
+    importlib.import_module(f'{scope}.models')
+    with DefaultScope.overwrite_default_scope(scope):
+        model = registry.MODELS.build(cfg.model)
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), path)
+    return str(path)
+
+
+# The toy BCN+WS Mask R-CNN on two 96 px toy COCO images; FASTER makes it box-only (mmdet's
+# DetTTAModel merges boxes, not masks).
+TOY_DET_TEST = """
+_base_ = {base!r}
+data_root = {root!r}
+test_dataloader = dict(dataset=dict(data_root=data_root,
+                                    spec=dict(num_train=1, num_val=2, size=(96, 96), seed=1)))
+test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+"""
+FASTER = """
+model = dict(type='FasterRCNN', roi_head=dict(mask_roi_extractor=None, mask_head=None))
+test_evaluator = dict(test_evaluator, metric='bbox')
+"""
+
+
+def toy_det_config(tmp_path, extra=''):
+    path = tmp_path / 'toy_det.py'
+    path.write_text(TOY_DET_TEST.format(base=TOY_DET, root=str(tmp_path / 'toy_coco') + '/') +
+                    extra)
+    return str(path)
+
+
+def test_show_dir_paints_every_mmdet_test_image(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative work dir and show dir, as on the command line
+    config = toy_det_config(tmp_path)
+    metrics = tool.test([config, checkpoint_of(config, tmp_path / 'det.pth'), '--work-dir',
+                         'work', '--show-dir', 'painted'])
+    assert 'coco/bbox_mAP' in metrics
+    painted = sorted(glob.glob(str(tmp_path / 'work' / '*' / 'painted' / '*.jpg')))
+    assert [osp.basename(p) for p in painted] == ['000000.jpg', '000001.jpg']
+    assert all(cv2.imread(p).shape == (96, 192, 3) for p in painted)  # ground truth | prediction
+
+
+def test_tta_wraps_an_mmdet_box_detector_in_det_tta_model(tmp_path):
+    config = toy_det_config(tmp_path, FASTER)
+    args = tool.parse_test_args([config, checkpoint_of(config, tmp_path / 'det.pth'),
+                                 '--work-dir', str(tmp_path / 'work'), '--tta'])
+    cfg = tool.apply_test_args(tool.load_config(args), args)
+    tool.prepare_environment(cfg, args)
+    runner = tool.build_runner(cfg)
+    assert type(runner.model).__name__ == 'DetTTAModel'
+    assert type(runner.model.module).__name__ == 'FasterRCNN'
+    flips = cfg.test_dataloader.dataset.pipeline[-1]
+    assert flips.type == 'TestTimeAug' and len(flips.transforms[0]) == 2
+    assert 'coco/bbox_mAP' in runner.test()
+
+
+SEG_TEST = """
+default_hooks = dict(visualization=dict(type='SegVisualizationHook'))
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in (0.75, 1.0)],
+        [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1.)],
+        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]
+"""
+
+
+@pytest.fixture
+def seg_config_and_checkpoint(tmp_path):
+    config = tmp_path / 'tiny_seg.py'
+    config.write_text(MMSEG_CONFIG.replace('{root}', str(tmp_path / 'voc')) + SEG_TEST)
+    return str(config), checkpoint_of(str(config), tmp_path / 'seg.pth')
+
+
+def test_show_dir_paints_every_mmseg_test_image(tmp_path, seg_config_and_checkpoint):
+    show_dir = tmp_path / 'painted'
+    metrics = tool.test([*seg_config_and_checkpoint, '--work-dir', str(tmp_path / 'work'),
+                         '--show-dir', str(show_dir)])
+    assert 'mIoU' in metrics
+    painted = sorted(glob.glob(str(show_dir / 'vis_data' / 'vis_image' / '*.png')))
+    assert len(painted) == 2, painted  # mmseg's hook alone paints every 50th image
+    assert all(cv2.imread(p).shape == (48, 96, 3) for p in painted)
+
+
+def test_tta_wraps_an_mmseg_model_in_the_configs_tta_model(tmp_path, seg_config_and_checkpoint):
+    args = tool.parse_test_args([*seg_config_and_checkpoint, '--work-dir',
+                                 str(tmp_path / 'work'), '--tta'])
+    cfg = tool.apply_test_args(tool.load_config(args), args)
+    runner = tool.build_runner(cfg)
+    assert type(runner.model).__name__ == 'SegTTAModel'
+    assert 'mIoU' in runner.test()
+
+
+def test_show_and_tta_need_their_config_entries(seg_config_and_checkpoint):
+    config, checkpoint = seg_config_and_checkpoint
+    cfg = Config.fromfile(config)
+    for key in ('tta_pipeline', 'default_hooks'):
+        cfg.pop(key)
+    args = tool.parse_test_args([config, checkpoint, '--tta'])
+    with pytest.raises(ValueError, match='tta_pipeline'):
+        tool.apply_test_args(cfg, args)
+    with pytest.raises(ValueError, match='visualization hook'):
+        tool.apply_test_args(cfg, tool.parse_test_args([config, checkpoint, '--show']))

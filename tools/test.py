@@ -1,7 +1,8 @@
 """Evaluate a checkpoint of an mmdet or mmseg config (the toolboxes' ``tools/test.py`` CLI).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
-                                           [--cfg-options k=v ...] [--launcher ...]
+                                           [--show] [--show-dir DIR] [--wait-time SECONDS]
+                                           [--tta] [--cfg-options k=v ...] [--launcher ...]
 
 The metrics are printed and appended to ``<work-dir>/metrics.json``.
 """

@@ -15,6 +15,7 @@ same command line, plus what this stack needs:
 - ``metrics.json`` in the work dir: every evaluation's metrics (see :class:`MetricsFileHook`).
 """
 import argparse
+import copy
 import importlib
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config, DictAction
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
@@ -92,6 +93,15 @@ def parse_test_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--out',
         help='mmdet: dump the predictions to this .pkl file; mmseg: save the predicted '
         'segmentation maps in this directory')
+    parser.add_argument('--show', action='store_true', help='show the predictions in a window')
+    parser.add_argument(
+        '--show-dir',
+        help='save the predictions painted on the images: mmdet in WORK_DIR/TIMESTAMP/SHOW_DIR, '
+        'mmseg in SHOW_DIR/vis_data/vis_image')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='seconds each image is shown with --show')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation with the config's tta_model and tta_pipeline")
     _common_args(parser)
     return parser.parse_args(argv)
 
@@ -136,6 +146,91 @@ def apply_train_args(cfg: Config, args: argparse.Namespace) -> Config:
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     return cfg
+
+
+def apply_test_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """The checkpoint, ``--show``/``--show-dir``/``--wait-time``, ``--tta`` and mmseg's
+    ``--out`` as the toolbox's ``tools/test.py``."""
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        trigger_visualization(cfg, args)
+    if args.tta:
+        use_test_time_augmentation(cfg)
+    if args.out is not None and toolbox_of(cfg) == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    return cfg
+
+
+def trigger_visualization(cfg: Config, args: argparse.Namespace) -> None:
+    """Turn on the config's visualization hook (``DetVisualizationHook`` /
+    ``SegVisualizationHook``) as the toolboxes' ``trigger_visualization_hook`` do. One
+    difference: mmseg's hook paints every ``interval``-th image (default 50); here it paints
+    each image unless the config sets an interval."""
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        raise ValueError('--show and --show-dir need a visualization hook in the config: '
+                         "default_hooks = dict(visualization=dict(type='DetVisualizationHook'))"
+                         " (mmseg: 'SegVisualizationHook')")
+    hook['draw'] = True
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if toolbox_of(cfg) == 'mmdet':
+        if args.show_dir:
+            hook['test_out_dir'] = args.show_dir
+    else:
+        hook.setdefault('interval', 1)
+        if args.show_dir:
+            # MMEngine reuses a visualizer of the same name built earlier in the process (with
+            # its save_dir); one per show dir keeps repeated in-process tests apart.
+            cfg.visualizer.update(save_dir=args.show_dir,
+                                  name=f'visualizer:{osp.abspath(args.show_dir)}')
+
+
+def use_test_time_augmentation(cfg: Config) -> None:
+    """Wrap the model in the config's ``tta_model`` and test with its ``tta_pipeline``.
+
+    As the toolboxes' ``tools/test.py --tta``: mmseg configs carry both (mmseg's runtime
+    defines ``tta_model = dict(type='SegTTAModel')``, its dataset configs ``tta_pipeline``);
+    for mmdet configs without them, mmdet's defaults: ``DetTTAModel`` merging the boxes with
+    NMS at IoU 0.5, over the test pipeline with and without a horizontal flip.
+    """
+    if toolbox_of(cfg) == 'mmdet':
+        if 'tta_model' not in cfg:
+            print_log('no tta_model in the config: using DetTTAModel with NMS at IoU 0.5',
+                      logger='current', level=logging.WARNING)
+            cfg.tta_model = dict(
+                type='DetTTAModel',
+                tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        if 'tta_pipeline' not in cfg:
+            print_log('no tta_pipeline in the config: testing with and without a horizontal '
+                      'flip', logger='current', level=logging.WARNING)
+            cfg.tta_pipeline = _flip_tta_pipeline(cfg)
+    else:
+        missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+        if missing:
+            raise ValueError(f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '
+                             "_base_/default_runtime.py and _base_/datasets/*.py define them)")
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def _flip_tta_pipeline(cfg: Config) -> list:
+    """mmdet's default TTA pipeline: the test pipeline, its final ``PackDetInputs`` replaced by
+    a ``TestTimeAug`` over a flipped and an unflipped copy."""
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # dataset wrappers
+        dataset = dataset['dataset']
+    pipeline = copy.deepcopy(dataset.pipeline)
+    pipeline[-1] = dict(
+        type='TestTimeAug',
+        transforms=[[dict(type='RandomFlip', prob=1.),
+                     dict(type='RandomFlip', prob=0.)],
+                    [dict(type='PackDetInputs',
+                          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                     'scale_factor', 'flip', 'flip_direction'))]])
+    return pipeline
 
 
 def prepare_environment(cfg: Config, args: argparse.Namespace) -> None:
@@ -195,11 +290,7 @@ def train(argv: Optional[List[str]] = None) -> Runner:
 def test(argv: Optional[List[str]] = None) -> dict:
     """``tools/test.py``: evaluate a checkpoint on the config's test set; returns the metrics."""
     args = parse_test_args(argv)
-    cfg = load_config(args)
-    cfg.load_from = args.checkpoint
-    if args.out is not None and toolbox_of(cfg) == 'mmseg':
-        cfg.test_evaluator['output_dir'] = args.out
-        cfg.test_evaluator['keep_results'] = True
+    cfg = apply_test_args(load_config(args), args)
     prepare_environment(cfg, args)
     runner = build_runner(cfg)
     if args.out is not None and toolbox_of(cfg) == 'mmdet':

@@ -1,0 +1,4 @@
+_base_ = [
+    '../_base_/models/mask-rcnn_r101_fpn_bcn-ws.py', 'mmdet::_base_/datasets/coco_instance.py',
+    '../_base_/schedules/schedule_20-23-24e.py', 'mmdet::_base_/default_runtime.py'
+]

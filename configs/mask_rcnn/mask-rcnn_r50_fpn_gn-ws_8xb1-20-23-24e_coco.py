@@ -1,0 +1,4 @@
+_base_ = [
+    '../_base_/models/mask-rcnn_r50_fpn_gn-ws.py', '../_base_/datasets/coco_instance_8xb1.py',
+    '../_base_/schedules/schedule_20-23-24e_8xb1.py', 'mmdet::_base_/default_runtime.py'
+]
