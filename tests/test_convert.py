@@ -258,6 +258,31 @@ def test_bcn_ws_r101_estbn_variant_to_mmseg():
     assert_features_match(model, state, 101, 'bcn', eps_inside_sqrt=True, batch_part='bn')
 
 
+@pytest.mark.parametrize('batch_part', ['pbn', 'bn'])
+def test_bcn_step_counters_come_from_the_source(tmp_path, batch_part):
+    """Each BCN of the initialized backbone holds its own source norm's step counter (distinct
+    per layer here), so loaded estimates count as trained ones."""
+    state = make_torchvision_source(18, 'bcn', batch_part)
+    counters = {key[:-len(f'.{batch_part}.num_batches_tracked')]: 12345 + index
+                for index, key in enumerate(k for k in state if k.endswith('num_batches_tracked'))}
+    for source_norm, steps in counters.items():
+        state[f'{source_norm}.{batch_part}.num_batches_tracked'] = torch.tensor(steps)
+    src, out = tmp_path / 'rn18_bcn_ws.pth', tmp_path / 'converted.pth'
+    torch.save(state, src)
+    report = convert_checkpoint(src, out)
+    model = build_backbone('mmdet', 18, report.to_meta(),
+                           init_cfg=dict(type='Pretrained', checkpoint=str(out)))
+    model.init_weights()
+
+    norms = {name: module for name, module in model.named_modules()
+             if hasattr(module, 'num_batches_tracked')}
+    assert len(norms) == len(counters) == 20  # stem, 16 in blocks, 3 downsample
+    for source_norm, steps in counters.items():
+        # torchvision `bnK` is mmdet's `bcnK`; `downsample.1` keeps its name
+        target = re.sub(r'(^|\.)bn(\d)$', r'\1bcn\2', source_norm)
+        assert int(norms[target].num_batches_tracked) == steps, source_norm
+
+
 def test_gn_ws_r18_torchvision_to_mmdet():
     state = make_torchvision_source(18, 'gn')
     converted, report = convert_state_dict(state)
