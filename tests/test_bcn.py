@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 from reference import (ReferenceEstimates, channel_elements, reference_batch_stats,
-                       reference_bcn, reference_group_norm)
+                       reference_bcn)
 from torch import nn
 
 from mmws import BCN
@@ -222,6 +222,25 @@ def test_micro_gradients_match_reference():
     ref = torch.autograd.grad((expected * weights.double()).sum(), (x_ref, *params_ref))
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_shared_module_applied_twice_before_backward():
+    """A head applied to every FPN level: each application's backward uses the estimates of
+    its own forward, though the buffers moved again before the backward runs."""
+    bcn = randomize(BCN(8, num_groups=2, momentum=0.3)).train()
+    inputs = [make_input((1, 8, 6, 6), seed=1), make_input((1, 8, 3, 3), seed=2)]
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    outputs, estimates = [], []
+    for x in leaves:
+        outputs.append(bcn(x))
+        estimates.append((bcn.running_mean.double().clone(), bcn.running_var.double().clone()))
+    weights = [make_input(x.shape, seed=5 + i) for i, x in enumerate(inputs)]
+    sum((out * w).sum() for out, w in zip(outputs, weights)).backward()
+    params = [p.detach().double() for p in params_of(bcn)]
+    for x, leaf, (mean, var), w in zip(inputs, leaves, estimates, weights):
+        x_ref = x.double().requires_grad_()
+        (reference_bcn(x_ref, mean, var, *params, 2) * w.double()).sum().backward()
+        torch.testing.assert_close(leaf.grad, x_ref.grad.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_channels_last_matches_contiguous():

@@ -19,7 +19,8 @@ import re
 import warnings
 from typing import Mapping, Optional, Sequence, Tuple
 
-#: The tensors a BCN checkpoint must hold (``num_batches_tracked`` may be absent: it loads as 0).
+#: The tensors a BCN checkpoint must hold (``num_batches_tracked`` may be absent: see
+#: ``BCN._load_from_state_dict``).
 BCN_KEYS = ('weight', 'bias', 'bn_weight', 'bn_bias', 'running_mean', 'running_var')
 
 CONVERT = 'tools/convert_checkpoint.py'
