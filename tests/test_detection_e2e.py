@@ -18,6 +18,7 @@ import pytest
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from toy_coco_config import toy_coco_header
 
 from mmws import BCN
 from mmws.tools import runner as tool
@@ -33,22 +34,6 @@ BBOX_AP_FLOOR = 0.1
 SEGM_AP_FLOOR = 0.05
 
 TEST_CONFIG = """
-_base_ = '{base}'
-data_root = '{data_root}/'
-spec = dict(num_train=4, num_val=2, size=(96, 96), seed=1)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(96, 96), keep_ratio=True),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(96, 96), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
 train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(data_root=data_root, spec=spec, pipeline=train_pipeline))
@@ -71,8 +56,8 @@ randomness = dict(seed=0)
 
 def write_config(tmp_path, iters, name='toy_test.py', extra=''):
     path = tmp_path / name
-    path.write_text(TEST_CONFIG.format(base=TOY_BCN, data_root=tmp_path / 'toy_coco',
-                                       iters=iters, interval=INTERVAL) + extra)
+    path.write_text(toy_coco_header(TOY_BCN, tmp_path / 'toy_coco') +
+                    TEST_CONFIG.format(iters=iters, interval=INTERVAL) + extra)
     return str(path)
 
 

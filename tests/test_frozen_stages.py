@@ -10,6 +10,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from toy_coco_config import toy_coco_header
 
 from mmws import BCN
 
@@ -18,15 +19,6 @@ TOY_BCN = osp.join(REPO, 'configs/toy/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py'
 ESTIMATES = ('running_mean', 'running_var', 'num_batches_tracked')
 
 TOY_CONFIG = """
-_base_ = '{base}'
-data_root = '{data_root}/'
-spec = dict(num_train=4, num_val=2, size=(96, 96), seed=1)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(96, 96), keep_ratio=True),
-    dict(type='PackDetInputs')
-]
 train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(data_root=data_root, spec=spec, pipeline=train_pipeline))
@@ -47,8 +39,8 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=None)
 def toy_config(tmp_path, frozen_stages: int, iters: int) -> Config:
     """The toy BCN+WS Mask R-CNN at test size (4 training images of 96 px, no validation)."""
     cfg = Config.fromstring(
-        TOY_CONFIG.format(base=TOY_BCN, data_root=tmp_path / 'toy_coco', iters=iters,
-                          frozen_stages=frozen_stages), '.py')
+        toy_coco_header(TOY_BCN, tmp_path / 'toy_coco') +
+        TOY_CONFIG.format(iters=iters, frozen_stages=frozen_stages), '.py')
     cfg.work_dir = str(tmp_path / 'work')
     return cfg
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from toy_coco_config import toy_coco_header
 
 from mmws import BCN
 from mmws.datasets import ToySpec, ensure_toy_classification
@@ -42,22 +43,6 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=3))
 """
 
 FINETUNE_TEST = """
-_base_ = '{base}'
-data_root = '{data_root}/'
-spec = dict(num_train=2, num_val=1, size=(96, 96), seed=1)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(96, 96), keep_ratio=True),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(96, 96), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
 train_dataloader = dict(dataset=dict(data_root=data_root, spec=spec, pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=data_root, spec=spec, pipeline=test_pipeline))
 test_dataloader = val_dataloader
@@ -143,8 +128,8 @@ def test_pretraining_is_cached(pretrained, monkeypatch):
 def test_finetuning_loads_the_pretrained_backbone_and_evaluates(pretrained):
     tmp_path, out, _ = pretrained
     config = tmp_path / 'finetune.py'
-    config.write_text(FINETUNE_TEST.format(base=FINETUNE, data_root=tmp_path / 'coco',
-                                           checkpoint=out))
+    config.write_text(toy_coco_header(FINETUNE, tmp_path / 'coco', num_train=2, num_val=1) +
+                      FINETUNE_TEST.format(checkpoint=out))
     args = tool.parse_train_args([str(config), '--work-dir', str(tmp_path / 'det')])
     cfg = tool.apply_train_args(tool.load_config(args), args)
     tool.prepare_environment(cfg, args)
