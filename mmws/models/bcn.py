@@ -7,7 +7,7 @@ the batch size. In micro-batch training (1–2 images per GPU) the batch part no
 statistics are noise.
 """
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -272,7 +272,7 @@ class BCN(nn.GroupNorm):
         estimate_update(self.running_var, variance, rate)
         estimate_update(self.running_mean, batch_mean, rate)
 
-    def _unbiased_factor(self, x: Tensor, count: Optional[Tensor]):
+    def _unbiased_factor(self, x: Tensor, count: Optional[Tensor]) -> Union[float, Tensor]:
         """``M / (M - 1)`` for ``M`` values per channel (local, or ``count`` of all
         processes)."""
         if count is None:

@@ -22,6 +22,7 @@ that already do the per-channel and per-group work, ``native_batch_norm`` and
 from typing import Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 Moments = Tuple[Tensor, Tensor]
@@ -271,7 +272,6 @@ def _sync_input_grad(grad_x_local: Tensor, x: Tensor, mean: Tensor, var: Tensor,
     One all-reduce of ``[Σ dy, Σ dy x̂]`` over all processes; ``x̂ = (x - mean) ρ`` with
     ``ρ = 1 / sqrt(var + eps)``, so the correction is ``x k1 + k0`` per channel.
     """
-    import torch.distributed as dist
     sums = torch.cat([grad_bn_bias, grad_bn_weight]).to(torch.float64)
     dist.all_reduce(sums)
     sum_grad, sum_grad_normalized = sums.to(mean.dtype).chunk(2)
