@@ -79,15 +79,24 @@ def test_gradcheck(unbiased, eps_inside_sqrt):
         torch.testing.assert_close(got, ref)
 
 
-def test_constant_filter_gives_zeros_and_finite_gradient():
+def test_constant_filter_gives_zeros_and_the_limit_gradient():
+    """A constant filter standardizes to zeros (up to the rounding of ``(W - μ) / eps``) and
+    gets the exact gradient there, the limit ``(g - mean(g)) / eps`` (so it can leave it)."""
     conv = ConvWS(3, 2, 3, bias=False)
     with torch.no_grad():
-        conv.weight.fill_(0.7)
+        conv.weight[0].fill_(0.7)
+        conv.weight[1].zero_()
+    weight = conv.standardized_weight()
+    assert torch.equal(weight[1], torch.zeros_like(weight[1]))
+    rounding = 0.7 / conv.eps * 2**-22  # two float32 roundings of |W| / eps
+    assert weight[0].abs().max() <= rounding
     x = torch.randn(1, 3, 6, 6)
-    out = conv(x)
-    assert torch.equal(out, torch.zeros_like(out))
-    out.sum().backward()
-    assert torch.isfinite(conv.weight.grad).all()
+    conv(x).square().sum().backward()
+    standardized = weight.detach().requires_grad_()
+    g, = torch.autograd.grad(F.conv2d(x, standardized).square().sum(), standardized)
+    g = g.flatten(1)
+    expected = (g - g.mean(1, keepdim=True)) / conv.eps
+    torch.testing.assert_close(conv.weight.grad.flatten(1), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_empty_batch():

@@ -23,7 +23,7 @@ BUDGETS = {
     'BCN sync (one process)': (lambda: BCN(CHANNELS, mode='sync'), 24),
     # The default form (unbiased std + eps) has a closed-form backward of its own; the forms
     # with eps inside the root are one batch_norm kernel each way, as timm's StdConv2d.
-    'ConvWS default': (lambda: ConvWS(CHANNELS, CHANNELS, 3, padding=1), 18),
+    'ConvWS default': (lambda: ConvWS(CHANNELS, CHANNELS, 3, padding=1), 15),
     'ConvWS eps inside sqrt': (lambda: ConvWS(CHANNELS, CHANNELS, 3, padding=1,
                                               eps_inside_sqrt=True), 11),
 }

@@ -41,10 +41,10 @@ class ConvWS(nn.Conv2d):
     ``model.eval()``), or call ``train(False)`` again. Under ``torch.autocast`` the weight
     statistics are computed in float32.
 
-    The training forward is lean: the standardization is one ``std_mean`` and a few per-filter
-    operators with a closed-form backward (or, with ``eps_inside_sqrt=True``, one
-    ``batch_norm`` kernel each way), no host synchronization, and
-    ``torch.compile(fullgraph=True)`` traces it.
+    The training forward is lean: the standardization is one ``std_mean``, four per-filter
+    operators and one ``batch_norm`` kernel, with one batch-norm backward kernel (or, with
+    ``eps_inside_sqrt=True``, one ``batch_norm`` kernel each way), no host synchronization,
+    and ``torch.compile(fullgraph=True)`` traces it.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,

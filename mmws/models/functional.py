@@ -30,32 +30,51 @@ Moments = Tuple[Tensor, Tensor]
 
 class _StandardizeWeightStdPlusEps(torch.autograd.Function):
     """``Ŵ = (W - μ) / σ`` per row of ``W`` (shape ``(O, n)``), ``σ = s + eps`` with ``s`` the
-    standard deviation (``m = n - 1`` unbiased, or ``n``), with a closed-form backward. With
-    ``g = dL/dŴ``::
+    standard deviation over ``m`` degrees of freedom (``m = n - 1`` unbiased, or ``n``), as one
+    statistics kernel, an eval-mode ``batch_norm`` and four per-row operators forward, and one
+    ``native_batch_norm_backward`` kernel backward.
 
-        dW = (g - mean(g)) / σ - Ŵ Σ(g Ŵ) / (m s)
+    With ``d = W - μ`` and ``g = dL/dŴ``, the exact gradient is::
 
-    It saves only ``Ŵ`` (which the convolution saves anyway) and two ``(O, 1)`` vectors.
+        dW = (g - mean(g)) / σ - d Σ(g d) / (m s σ²)
+
+    and the batch-norm backward kernel (train mode, per-row ``invstd`` B and ``weight`` A)
+    computes ``A B (g - mean(g)) - A B³ d Σ(g d) / n``. Both agree when::
+
+        A B = 1 / σ,    A / B = t := (m / n) s.
+
+    ``std_mean`` returns ``t`` directly (its ``correction`` absorbs ``m / n``), and then
+    ``B = 1 / sqrt(t σ)``, ``A = t B``. The forward applies the same ``A``, ``B``: an
+    eval-mode batch norm with mean ``μ``, variance ``t σ`` and weight ``A`` is ``d A B = d / σ``.
+    A constant filter (``t = 0``, ``Ŵ = 0``) gets ``t`` clamped in ``A / B`` only, so
+    ``A B = 1 / σ`` stays exact and its gradient is the limit ``(g - mean(g)) / eps``.
     """
 
     @staticmethod
     def forward(ctx, flat: Tensor, eps: float, correction: int) -> Tensor:
-        std, mean = torch.std_mean(flat, dim=1, correction=correction, keepdim=True)
-        sigma = std + eps
-        out = (flat - mean) / sigma
-        # A constant filter has s == 0: its Ŵ is exactly 0 (var_mean's mean of equal values is
-        # exact) and the clamp keeps its gradient finite.
-        ctx.save_for_backward(out, sigma, std.clamp_min(torch.finfo(std.dtype).tiny))
-        ctx.dof = flat.shape[1] - correction
+        n = flat.shape[1]
+        dof = n - correction
+        # t = (m/n) s = sqrt(Σd² / (n²/m)): std_mean's divisor n - correction' = n²/m.
+        t, mean = torch.std_mean(flat, dim=1, correction=n - n * n / dof)
+        sigma = torch.rsub(t, eps, alpha=-n / dof)  # eps + s
+        # sqrt(tiny): B² = 1 / (t σ) stays finite for a constant filter (t = 0).
+        t = t.clamp_min(torch.finfo(t.dtype).tiny**0.5)
+        var = t * sigma
+        invstd = var.rsqrt()
+        weight = t * invstd
+        out = torch.batch_norm(flat.unsqueeze(0), weight, None, mean, var, False, 0.0, 0.0,
+                               False).squeeze(0)
+        ctx.save_for_backward(flat, mean, invstd, weight)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        out, sigma, std = ctx.saved_tensors
-        # Σ_j g_j Ŵ_j per row as one batched matrix product (one kernel).
-        dot = torch.bmm(grad_out.unsqueeze(1), out.unsqueeze(2)).view_as(std)
-        grad = (grad_out - grad_out.mean(1, keepdim=True)) / sigma
-        return grad.addcmul_(out, dot / std, value=-1.0 / ctx.dof), None, None
+        flat, mean, invstd, weight = ctx.saved_tensors
+        grad = torch.ops.aten.native_batch_norm_backward(grad_out.unsqueeze(0),
+                                                         flat.unsqueeze(0), weight, None, None,
+                                                         mean, invstd, True, 0.0,
+                                                         [True, False, False])[0]
+        return grad.squeeze(0), None, None
 
 
 def standardize_weight(weight: Tensor,
@@ -80,12 +99,12 @@ def standardize_weight(weight: Tensor,
     ``eps`` inside the root is a batch normalization of the filters (each filter a channel):
     one ``batch_norm`` kernel forward and one backward, with the exact gradient. For the
     unbiased variance, ``(W - μ) / sqrt(n/(n-1) var_b + eps)`` equals
-    ``sqrt((n-1)/n) (W - μ) / sqrt(var_b + eps (n-1)/n)``. ``eps`` outside the root uses a
-    closed-form backward (:class:`_StandardizeWeightStdPlusEps`).
+    ``sqrt((n-1)/n) (W - μ) / sqrt(var_b + eps (n-1)/n)``. ``eps`` outside the root uses the
+    same kernels with per-filter coefficients (:class:`_StandardizeWeightStdPlusEps`).
 
     The statistics are computed in float32 (or float64) whatever the weight's dtype, and the
-    gradient flows through them. A constant filter standardizes to zeros (default form: exact
-    zeros with finite gradients).
+    gradient flows through them. A constant filter standardizes to zeros (default form: up to
+    the rounding of ``(W - μ) / eps``) with the exact gradient there, ``(g - mean(g)) / eps``.
 
     Args:
         weight: Conv weight, shape ``(O, I/groups, *kernel)``.
