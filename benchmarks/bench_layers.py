@@ -349,8 +349,10 @@ def layer_targets(norm_rows: List[Dict], conv_rows: List[Dict],
                             value=counts['compute'], limit=24))
         targets.append(dict(name=f'BCN {mode} host syncs', value=counts['host_syncs'], limit=0))
     counts = operator_rows['mmws ConvWS']
-    targets.append(dict(name='mmws ConvWS compute operators (training fwd+bwd)',
-                        value=counts['compute'], limit=14))
+    # The issue's budget, 14 with opcount.py's biased 3x3 conv (nn.Conv2d: 7), is 7 operators
+    # above the plain conv's; these convs are bias-free (as in a ResNet), one operator fewer.
+    targets.append(dict(name='mmws ConvWS compute operators above Conv2d\'s (training fwd+bwd)',
+                        value=counts['compute'] - operator_rows['Conv2d']['compute'], limit=7))
     targets.append(dict(name='mmws ConvWS host syncs', value=counts['host_syncs'], limit=0))
     targets.append(dict(name='mmws ConvWS eval operators / Conv2d eval operators',
                         value=operator_rows['mmws ConvWS eval']['compute'] /

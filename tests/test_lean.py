@@ -21,9 +21,11 @@ BUDGETS = {
     'BCN micro': (lambda: BCN(CHANNELS), 24),
     'BCN batch': (lambda: BCN(CHANNELS, mode='batch'), 24),
     'BCN sync (one process)': (lambda: BCN(CHANNELS, mode='sync'), 24),
-    # The default form (unbiased std + eps) has a closed-form backward of its own; the forms
-    # with eps inside the root are one batch_norm kernel each way, as timm's StdConv2d.
+    # eps outside the root: a batch_norm kernel each way plus per-filter coefficients (the
+    # unbiased std's sqrt(m/n) costs two more); eps inside the root: one batch_norm kernel each
+    # way, as timm's StdConv2d.
     'ConvWS default': (lambda: ConvWS(CHANNELS, CHANNELS, 3, padding=1), 15),
+    'ConvWS biased std': (lambda: ConvWS(CHANNELS, CHANNELS, 3, padding=1, unbiased=False), 13),
     'ConvWS eps inside sqrt': (lambda: ConvWS(CHANNELS, CHANNELS, 3, padding=1,
                                               eps_inside_sqrt=True), 11),
 }

@@ -41,8 +41,8 @@ class ConvWS(nn.Conv2d):
     ``model.eval()``), or call ``train(False)`` again. Under ``torch.autocast`` the weight
     statistics are computed in float32.
 
-    The training forward is lean: the standardization is one ``std_mean``, four per-filter
-    operators and one ``batch_norm`` kernel, with one batch-norm backward kernel (or, with
+    The training forward is lean: the standardization is one batch-norm kernel and two
+    per-filter operators, with one batch-norm backward kernel and four more (or, with
     ``eps_inside_sqrt=True``, one ``batch_norm`` kernel each way), no host synchronization,
     and ``torch.compile(fullgraph=True)`` traces it.
 

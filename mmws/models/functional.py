@@ -30,46 +30,47 @@ Moments = Tuple[Tensor, Tensor]
 
 class _StandardizeWeightStdPlusEps(torch.autograd.Function):
     """``Ŵ = (W - μ) / σ`` per row of ``W`` (shape ``(O, n)``), ``σ = s + eps`` with ``s`` the
-    standard deviation over ``m`` degrees of freedom (``m = n - 1`` unbiased, or ``n``), as one
-    statistics kernel, an eval-mode ``batch_norm`` and four per-row operators forward, and one
-    ``native_batch_norm_backward`` kernel backward.
+    standard deviation over ``m`` degrees of freedom (``m = n - 1`` unbiased, or ``n``): one
+    batch-norm kernel and two per-row operators forward, one batch-norm backward kernel and
+    four per-row operators backward.
 
-    With ``d = W - μ`` and ``g = dL/dŴ``, the exact gradient is::
+    Forward: the batch-norm kernel (train mode, each filter a channel, ``eps`` a negligible
+    ``δ``) gives ``μ``, ``q = 1 / sqrt(var_n + δ)`` (so ``s = 1 / (k q)``, ``k = sqrt(m / n)``)
+    and ``x̂ = (W - μ) q``; then ``Ŵ = x̂ / D`` with ``D = σ q = 1 / k + eps q``.
+
+    Backward: with ``d = W - μ`` and ``g = dL/dŴ``, the exact gradient is::
 
         dW = (g - mean(g)) / σ - d Σ(g d) / (m s σ²)
 
     and the batch-norm backward kernel (train mode, per-row ``invstd`` B and ``weight`` A)
-    computes ``A B (g - mean(g)) - A B³ d Σ(g d) / n``. Both agree when::
+    computes ``A B (g - mean(g)) - A B³ d Σ(g d) / n``. Both agree for ``A B = 1 / σ = q / D``
+    and ``A / B = (m / n) s = k / q``, that is ``A = sqrt(k / D)``, ``B = q / sqrt(k D)``.
 
-        A B = 1 / σ,    A / B = t := (m / n) s.
-
-    ``std_mean`` returns ``t`` directly (its ``correction`` absorbs ``m / n``), and then
-    ``B = 1 / sqrt(t σ)``, ``A = t B``. The forward applies the same ``A``, ``B``: an
-    eval-mode batch norm with mean ``μ``, variance ``t σ`` and weight ``A`` is ``d A B = d / σ``.
-    A constant filter (``t = 0``, ``Ŵ = 0``) gets ``t`` clamped in ``A / B`` only, so
-    ``A B = 1 / σ`` stays exact and its gradient is the limit ``(g - mean(g)) / eps``.
+    A constant filter (``var_n = 0``) gets ``Ŵ = 0`` up to the rounding of ``(W - μ) q / D``
+    and, through ``δ``, a finite ``q``, so its gradient is the exact limit
+    ``(g - mean(g)) / eps`` (``A B = q / D → 1 / eps``).
     """
 
     @staticmethod
     def forward(ctx, flat: Tensor, eps: float, correction: int) -> Tensor:
         n = flat.shape[1]
-        dof = n - correction
-        # t = (m/n) s = sqrt(Σd² / (n²/m)): std_mean's divisor n - correction' = n²/m.
-        t, mean = torch.std_mean(flat, dim=1, correction=n - n * n / dof)
-        sigma = torch.rsub(t, eps, alpha=-n / dof)  # eps + s
-        # sqrt(tiny): B² = 1 / (t σ) stays finite for a constant filter (t = 0).
-        t = t.clamp_min(torch.finfo(t.dtype).tiny**0.5)
-        var = t * sigma
-        invstd = var.rsqrt()
-        weight = t * invstd
-        out = torch.batch_norm(flat.unsqueeze(0), weight, None, mean, var, False, 0.0, 0.0,
-                               False).squeeze(0)
-        ctx.save_for_backward(flat, mean, invstd, weight)
-        return out
+        ctx.k = ((n - correction) / n)**0.5
+        # δ = smallest normal: q stays finite for a constant filter, exact otherwise.
+        normalized, mean, invstd = torch.native_batch_norm(flat.unsqueeze(0), None, None, None,
+                                                           None, True, 0.0,
+                                                           torch.finfo(flat.dtype).tiny)
+        scale = torch.rsub(invstd, 1 / ctx.k, alpha=-eps)  # D = σ q
+        ctx.save_for_backward(flat, mean, invstd, scale)
+        return normalized.squeeze(0) / scale.unsqueeze(1)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        flat, mean, invstd, weight = ctx.saved_tensors
+        flat, mean, invstd, scale = ctx.saved_tensors
+        root = scale.rsqrt()
+        weight = root if ctx.k == 1 else root * ctx.k**0.5  # A = sqrt(k / D)
+        invstd = invstd * root  # B = q / sqrt(k D)
+        if ctx.k != 1:  # the unbiased std: one operator more
+            invstd.mul_(ctx.k**-0.5)
         grad = torch.ops.aten.native_batch_norm_backward(grad_out.unsqueeze(0),
                                                          flat.unsqueeze(0), weight, None, None,
                                                          mean, invstd, True, 0.0,
