@@ -15,7 +15,7 @@ fine-tuned from, or frozen on, a ResNet-18 pretrained on the toy classification 
    objects of 300 train scenes (Adam, 300 full-batch steps) is scored on those of the 80 val
    scenes, against the same probe on a randomly initialised backbone.
 
-    .venv/bin/python tools/pretrain_toy_backbone.py configs/toy/resnet18_gn_1xb32-toy_cls.py
+    .venv/bin/python tools/pretrain_toy_backbone.py configs/toy/resnet18_gn_1xb32-toy_cls.py --force
     .venv/bin/python benchmarks/toy_seg_probe.py \\
         --classifier work_dirs/resnet18_gn_1xb32-toy_cls/iter_400.pth
 
@@ -134,12 +134,13 @@ def main() -> None:
     parser.add_argument('--classifier', required=True,
                         help='the whole toy classifier checkpoint (backbone and head)')
     parser.add_argument('--train-scenes', type=int, default=300)
+    parser.add_argument('--val-scenes', type=int, default=ToySpec().num_val)
     parser.add_argument('--out', default=osp.join(ROOT, 'benchmarks/results/toy_seg_probe.json'))
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = ToySpec()
     train_scenes = [spec.scene('train', i) for i in range(args.train_scenes)]
-    val_scenes = [spec.scene('val', i) for i in range(spec.num_val)]
+    val_scenes = [spec.scene('val', i) for i in range(args.val_scenes)]
 
     init_default_scope('mmdet')
     classifier = MODELS.build(Config.fromfile(osp.join(ROOT, CLASSIFIER_CONFIG)).model)

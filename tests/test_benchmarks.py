@@ -164,3 +164,27 @@ def test_operator_counts_see_compute_and_host_syncs(benchmarks_on_path):
     assert counts['compute'] == 2 and counts['names'] == {'mul': 1, 'sum': 1}
     assert counts['host_syncs'] == 1
     assert operator_counts(lambda: x.view(2, 4).t())['compute'] == 0
+
+
+def test_toy_seg_probe_runs_on_a_saved_classifier(tmp_path):
+    """The probe reads a whole toy classifier checkpoint and reports its two measurements (on a
+    random classifier, a few scenes: the pipeline, not the numbers)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import mmws.models.classifier  # noqa: F401
+    from mmws.registry import MODELS
+    init_default_scope('mmdet')
+    root = BENCHMARKS.parent
+    classifier = MODELS.build(
+        Config.fromfile(str(root / 'configs/toy/resnet18_gn_1xb32-toy_cls.py')).model)
+    checkpoint, out = tmp_path / 'classifier.pth', tmp_path / 'probe.json'
+    torch.save(dict(state_dict=classifier.state_dict()), checkpoint)
+    finish(start_script('toy_seg_probe.py', '--classifier', str(checkpoint), '--train-scenes',
+                        '8', '--val-scenes', '4', '--out', str(out)))
+    record = json.loads(out.read_text())
+    assert set(record['classifier_top1_on_val_scene_objects']) == {
+        'box x1.3 (as the training crops)', 'native 64 px window', 'box x2.5'}
+    for probe in record['mask_pooled_linear_probe'].values():
+        assert 0 <= probe['val'] <= 1 and probe['train'] > 0.5  # 512 features fit a few objects
+    assert record['objects']['val'] > 0
