@@ -65,6 +65,7 @@ def _worker(rank: int, port: int, result_dir: str) -> None:
                         sync_running_mean=sync.running_mean,
                         sync_running_var=sync.running_var),
                    os.path.join(result_dir, f'rank{rank}.pt'))
+        dist.barrier()  # both ranks done with every collective before the teardown
     finally:
         dist.destroy_process_group()
 

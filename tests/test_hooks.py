@@ -333,6 +333,9 @@ def _ddp_worker(rank: int, port: int, result_dir: str) -> None:
             model=model)
         runner.train()
         torch.save(bcn_estimates(runner.model), os.path.join(result_dir, f'after{rank}.pt'))
+        # both ranks past their last collective before either tears gloo down (a rank that
+        # destroys the group while its peer's last send is in flight aborts the peer)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
