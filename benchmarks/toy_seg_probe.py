@@ -27,7 +27,6 @@ import json
 import os.path as osp
 from typing import Dict, List, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,6 +36,7 @@ from mmengine.runner import load_checkpoint
 
 import mmws  # noqa: F401  (registers the datasets, layers and the classifier)
 import mmws.models.classifier  # noqa: F401
+from mmws.datasets.toy_classification import crop_square
 from mmws.datasets.toy_scenes import ToySpec
 from mmws.registry import MODELS
 from mmws.tools.runner import trusted_torch_load
@@ -44,28 +44,25 @@ from mmws.tools.runner import trusted_torch_load
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLASSIFIER_CONFIG = 'configs/toy/resnet18_gn_1xb32-toy_cls.py'
 SEGMENTER_CONFIG = 'configs/toy/deeplabv3_r18-d8_gn_1xb1-toy_voc.py'
-# The toy data's normalisation (mmdet's and mmseg's RGB mean/std), images in RGB.
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 CONTEXTS = {'box x1.3 (as the training crops)': 1.3, 'native 64 px window': None,
             'box x2.5': 2.5}
 
 
-def normalise(images: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, 3)`` uint8 RGB to the networks' ``(N, 3, H, W)`` input."""
-    return (torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() -
-            MEAN) / STD
+def normalise(preprocessor, images: List[np.ndarray]) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB images to the networks' ``(N, 3, H, W)`` input, with the toy
+    classifier's data preprocessor (the toy detectors' and segmenters' RGB mean and std)."""
+    inputs = [torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+              for image in images]
+    return preprocessor(dict(inputs=inputs), False)['inputs']
 
 
 def object_crop(image: np.ndarray, mask: np.ndarray, scale) -> np.ndarray:
-    """A 64 px square around the object's box (``scale`` x its longer side, or 64 px)."""
+    """A 64 px square around the object's box (``scale`` x its longer side, or 64 px), cut
+    as the classification data cuts its crops."""
     ys, xs = np.nonzero(mask)
     center = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
     side = 64.0 if scale is None else scale * (max(np.ptp(xs), np.ptp(ys)) + 1)
-    zoom = 64.0 / side
-    matrix = np.array([[zoom, 0, 32 - zoom * center[0]], [0, zoom, 32 - zoom * center[1]]])
-    return cv2.warpAffine(image, matrix, (64, 64), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT_101)
+    return crop_square(image, center, side, (64, 64))
 
 
 @torch.no_grad()
@@ -78,18 +75,20 @@ def classifier_accuracy(classifier, scenes) -> Dict[str, float]:
             for instance in scene.instances:
                 crops.append(object_crop(scene.image, instance.mask, scale))
                 labels.append(instance.category + 1)  # class 0 is background
-        features = classifier.backbone(normalise(np.stack(crops)))[-1].mean((2, 3))
+        inputs = normalise(classifier.data_preprocessor, crops)
+        features = classifier.backbone(inputs)[-1].mean((2, 3))
         predicted = classifier.head(features).argmax(1)
         results[name] = (predicted == torch.tensor(labels)).float().mean().item()
     return results
 
 
 @torch.no_grad()
-def pooled_features(backbone, scenes) -> Tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(backbone, preprocessor,
+                    scenes) -> Tuple[torch.Tensor, torch.Tensor]:
     """Last-stage features averaged over each object's mask, and the objects' shapes."""
     features, labels = [], []
     for scene in scenes:
-        stage = backbone(normalise(scene.image[None]))[-1][0]
+        stage = backbone(normalise(preprocessor, [scene.image]))[-1][0]
         size = stage.shape[1:]
         for instance in scene.instances:
             weight = F.adaptive_avg_pool2d(
@@ -154,8 +153,9 @@ def main() -> None:
     probes = {}
     for name, checkpoint in (('toy-pretrained', args.classifier), ('random init', None)):
         backbone = segmentation_backbone(checkpoint)
-        probes[name] = linear_probe(pooled_features(backbone, train_scenes),
-                                    pooled_features(backbone, val_scenes))
+        probes[name] = linear_probe(
+            pooled_features(backbone, classifier.data_preprocessor, train_scenes),
+            pooled_features(backbone, classifier.data_preprocessor, val_scenes))
     record['mask_pooled_linear_probe'] = probes
     labels = [i.category for s in val_scenes for i in s.instances]
     record['val_majority_shape_share'] = float(np.bincount(labels).max() / len(labels))

@@ -67,9 +67,9 @@ class _StandardizeWeightStdPlusEps(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         flat, mean, invstd, scale = ctx.saved_tensors
         root = scale.rsqrt()
-        weight = root if ctx.k == 1 else root * ctx.k**0.5  # A = sqrt(k / D)
-        invstd = invstd * root  # B = q / sqrt(k D)
-        if ctx.k != 1:  # the unbiased std: one operator more
+        weight, invstd = root, invstd * root  # A, B for k = 1 (the biased std)
+        if ctx.k != 1:  # A = sqrt(k / D), B = q / sqrt(k D): two operators more
+            weight = root * ctx.k**0.5
             invstd.mul_(ctx.k**-0.5)
         grad = torch.ops.aten.native_batch_norm_backward(grad_out.unsqueeze(0),
                                                          flat.unsqueeze(0), weight, None, None,
