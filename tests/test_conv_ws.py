@@ -231,6 +231,18 @@ def test_half_weight_keeps_dtype():
     assert conv(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_low_precision_module_keeps_exact_unbiased_scale():
+    # The held sqrt((n-1)/n) follows the statistics' dtype, re-derived, not cast.
+    k = (35 / 36)**0.5
+    conv = ConvWS(4, 8, 3).double()
+    assert torch.equal(conv.unbiased_row_scale, torch.full((8,), k, dtype=torch.float64))
+    conv = ConvWS(4, 8, 3).to(torch.bfloat16)
+    assert torch.equal(conv.unbiased_row_scale, torch.full((8,), k))
+    got = standardize_weight(conv.weight, conv.eps, True, False, conv.unbiased_row_scale)
+    expected = reference_standardize(conv.weight.detach().float())
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match='got 1'):
         ConvWS(4, 4, 1, groups=4)

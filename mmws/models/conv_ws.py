@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from .functional import standardize_weight
+from .functional import standardize_weight, unbiased_row_scale
 from .load_checks import check_conv_ws_state
 
 
@@ -42,9 +42,11 @@ class ConvWS(nn.Conv2d):
     statistics are computed in float32.
 
     The training forward is lean: the standardization is one batch-norm kernel and two
-    per-filter operators, with one batch-norm backward kernel and four more (or, with
+    per-filter operators, with one batch-norm backward kernel and three more (or, with
     ``eps_inside_sqrt=True``, one ``batch_norm`` kernel each way), no host synchronization,
-    and ``torch.compile(fullgraph=True)`` traces it.
+    and ``torch.compile(fullgraph=True)`` traces it. The unbiased correction ``sqrt((n-1)/n)``
+    is a per-filter constant the module holds (a non-persistent buffer, ``unbiased_row_scale``),
+    which the batch-norm kernel applies for free.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
@@ -85,13 +87,32 @@ class ConvWS(nn.Conv2d):
         self.eps = eps
         self.unbiased = unbiased
         self.eps_inside_sqrt = eps_inside_sqrt
+        # The constant sqrt((n-1)/n) per filter, held so that no training step spends an
+        # operator on it (derived from the shape: not in the state dict).
+        self.register_buffer('unbiased_row_scale', self._make_unbiased_row_scale(),
+                             persistent=False)
         self._cached_weight: Optional[Tensor] = None
         self._cached_key: Optional[Tuple] = None
 
+    def _make_unbiased_row_scale(self) -> Optional[Tensor]:
+        weight = self.weight
+        if not self.unbiased:
+            return None
+        stats_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        return unbiased_row_scale(self.out_channels, weight[0].numel(), device=weight.device,
+                                  dtype=stats_dtype)
+
+    def _apply(self, fn, recurse: bool = True) -> 'ConvWS':
+        super()._apply(fn, recurse)
+        # Re-derive the constant for the weight's new device and statistics dtype: a cast
+        # would round it (float32 to float64, or to the weight's fp16/bf16).
+        self.unbiased_row_scale = self._make_unbiased_row_scale()
+        return self
+
     def standardized_weight(self) -> Tensor:
         """The weight the conv uses, ``(out_channels, in_channels/groups, kH, kW)``."""
-        return standardize_weight(self.weight, self.eps, self.unbiased,
-                                  self.eps_inside_sqrt).to(self.weight.dtype)
+        return standardize_weight(self.weight, self.eps, self.unbiased, self.eps_inside_sqrt,
+                                  self.unbiased_row_scale).to(self.weight.dtype)
 
     def _weight_key(self) -> Tuple:
         weight = self.weight

@@ -32,34 +32,34 @@ class _StandardizeWeightStdPlusEps(torch.autograd.Function):
     """``Ŵ = (W - μ) / σ`` per row of ``W`` (shape ``(O, n)``), ``σ = s + eps`` with ``s`` the
     standard deviation over ``m`` degrees of freedom (``m = n - 1`` unbiased, or ``n``): one
     batch-norm kernel and two per-row operators forward, one batch-norm backward kernel and
-    four per-row operators backward.
+    three per-row operators backward (two for ``m = n``).
 
     Forward: the batch-norm kernel (train mode, each filter a channel, ``eps`` a negligible
-    ``δ``) gives ``μ``, ``q = 1 / sqrt(var_n + δ)`` (so ``s = 1 / (k q)``, ``k = sqrt(m / n)``)
-    and ``x̂ = (W - μ) q``; then ``Ŵ = x̂ / D`` with ``D = σ q = 1 / k + eps q``.
+    ``δ``, per-row weight ``k = sqrt(m / n)``, or none for ``k = 1``) gives ``μ``,
+    ``q = 1 / sqrt(var_n + δ)`` (so ``s = 1 / (k q)``) and ``k x̂ = k (W - μ) q``; then
+    ``Ŵ = k x̂ / E`` with ``E = k σ q = 1 + k eps q``.
 
     Backward: with ``d = W - μ`` and ``g = dL/dŴ``, the exact gradient is::
 
         dW = (g - mean(g)) / σ - d Σ(g d) / (m s σ²)
 
     and the batch-norm backward kernel (train mode, per-row ``invstd`` B and ``weight`` A)
-    computes ``A B (g - mean(g)) - A B³ d Σ(g d) / n``. Both agree for ``A B = 1 / σ = q / D``
-    and ``A / B = (m / n) s = k / q``, that is ``A = sqrt(k / D)``, ``B = q / sqrt(k D)``.
+    computes ``A B (g - mean(g)) - A B³ d Σ(g d) / n``. Both agree for ``A B = 1 / σ = k q / E``
+    and ``A / B = (m / n) s = k / q``, that is ``A = k / sqrt(E)``, ``B = q / sqrt(E)``.
 
-    A constant filter (``var_n = 0``) gets ``Ŵ = 0`` up to the rounding of ``(W - μ) q / D``
+    A constant filter (``var_n = 0``) gets ``Ŵ = 0`` up to the rounding of ``k (W - μ) q / E``
     and, through ``δ``, a finite ``q``, so its gradient is the exact limit
-    ``(g - mean(g)) / eps`` (``A B = q / D → 1 / eps``).
+    ``(g - mean(g)) / eps`` (``A B = k q / E → 1 / eps``).
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, eps: float, correction: int) -> Tensor:
-        n = flat.shape[1]
-        ctx.k = ((n - correction) / n)**0.5
+    def forward(ctx, flat: Tensor, eps: float, k: float, k_row: Optional[Tensor]) -> Tensor:
+        ctx.k = k
         # δ = smallest normal: q stays finite for a constant filter, exact otherwise.
-        normalized, mean, invstd = torch.native_batch_norm(flat.unsqueeze(0), None, None, None,
+        normalized, mean, invstd = torch.native_batch_norm(flat.unsqueeze(0), k_row, None, None,
                                                            None, True, 0.0,
                                                            torch.finfo(flat.dtype).tiny)
-        scale = torch.rsub(invstd, 1 / ctx.k, alpha=-eps)  # D = σ q
+        scale = torch.rsub(invstd, 1.0, alpha=-eps * k)  # E = k σ q
         ctx.save_for_backward(flat, mean, invstd, scale)
         return normalized.squeeze(0) / scale.unsqueeze(1)
 
@@ -67,21 +67,32 @@ class _StandardizeWeightStdPlusEps(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         flat, mean, invstd, scale = ctx.saved_tensors
         root = scale.rsqrt()
-        weight, invstd = root, invstd * root  # A, B for k = 1 (the biased std)
-        if ctx.k != 1:  # A = sqrt(k / D), B = q / sqrt(k D): two operators more
-            weight = root * ctx.k**0.5
-            invstd.mul_(ctx.k**-0.5)
+        weight = root if ctx.k == 1 else root * ctx.k  # A = k / sqrt(E)
         grad = torch.ops.aten.native_batch_norm_backward(grad_out.unsqueeze(0),
                                                          flat.unsqueeze(0), weight, None, None,
-                                                         mean, invstd, True, 0.0,
+                                                         mean, invstd * root, True, 0.0,
                                                          [True, False, False])[0]
-        return grad.squeeze(0), None, None
+        return grad.squeeze(0), None, None, None
+
+
+def unbiased_row_scale(num_rows: int, row_size: int, **factory_kwargs) -> Tensor:
+    """``sqrt((n - 1) / n)`` for each of ``num_rows`` filters of ``n = row_size`` entries.
+
+    The per-channel weight with which the batch-norm kernel turns its biased normalization
+    into the unbiased one in :func:`standardize_weight`. A module that standardizes every step
+    holds it (as :class:`~mmws.models.ConvWS` does) so that no step spends an operator on it.
+
+    Returns:
+        Shape ``(num_rows,)``; ``factory_kwargs`` as ``torch.full`` (dtype, device).
+    """
+    return torch.full((num_rows,), ((row_size - 1) / row_size)**0.5, **factory_kwargs)
 
 
 def standardize_weight(weight: Tensor,
                        eps: float = 1e-5,
                        unbiased: bool = True,
-                       eps_inside_sqrt: bool = False) -> Tensor:
+                       eps_inside_sqrt: bool = False,
+                       row_scale: Optional[Tensor] = None) -> Tensor:
     """Standardize each output filter of a conv weight (Weight Standardization).
 
     For ``weight`` of shape ``(O, I/groups, *kernel)`` and each filter ``W_o`` with
@@ -100,8 +111,9 @@ def standardize_weight(weight: Tensor,
     ``eps`` inside the root is a batch normalization of the filters (each filter a channel):
     one ``batch_norm`` kernel forward and one backward, with the exact gradient. For the
     unbiased variance, ``(W - μ) / sqrt(n/(n-1) var_b + eps)`` equals
-    ``sqrt((n-1)/n) (W - μ) / sqrt(var_b + eps (n-1)/n)``. ``eps`` outside the root uses the
-    same kernels with per-filter coefficients (:class:`_StandardizeWeightStdPlusEps`).
+    ``k (W - μ) / sqrt(var_b + k² eps)`` with ``k = sqrt((n-1)/n)``, the kernel's per-channel
+    weight. ``eps`` outside the root uses the same kernels with per-filter coefficients
+    (:class:`_StandardizeWeightStdPlusEps`).
 
     The statistics are computed in float32 (or float64) whatever the weight's dtype, and the
     gradient flows through them. A constant filter standardizes to zeros (default form: up to
@@ -112,24 +124,29 @@ def standardize_weight(weight: Tensor,
         eps: Added to the std (or the variance, see ``eps_inside_sqrt``).
         unbiased: Whether the variance divides by ``n - 1`` instead of ``n``.
         eps_inside_sqrt: Whether ``eps`` is added inside the square root.
+        row_scale: :func:`unbiased_row_scale` of the weight's shape, held by the caller
+            (used when ``unbiased``; built here, one operator, when ``None`` or not in the
+            statistics' dtype).
 
     Returns:
         The standardized weight, same shape, in the statistics' dtype (float32 or float64).
     """
     stats_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     flat = weight.to(stats_dtype).flatten(1)
-    n = flat.shape[1]
+    num_rows, n = flat.shape
+    k = ((n - 1) / n)**0.5 if unbiased else 1.0
+    if not unbiased:
+        row_scale = None
+    elif row_scale is None or row_scale.dtype != stats_dtype:
+        row_scale = unbiased_row_scale(num_rows, n, dtype=stats_dtype, device=flat.device)
     # Under autocast, the reductions would run in fp16/bf16: keep them in stats_dtype.
     with torch.autocast(flat.device.type, enabled=False):
         if not eps_inside_sqrt:
-            out = _StandardizeWeightStdPlusEps.apply(flat, eps, int(unbiased))
+            out = _StandardizeWeightStdPlusEps.apply(flat, eps, k, row_scale)
         else:
-            biased_eps = eps * (n - 1) / n if unbiased else eps
             # aten's batch_norm, not F.batch_norm: a 1x1 depthwise filter (n == 1) is legal.
-            out = torch.batch_norm(flat.unsqueeze(0), None, None, None, None, True, 0.0,
-                                   biased_eps, False).squeeze(0)
-            if unbiased:
-                out = out * ((n - 1) / n)**0.5
+            out = torch.batch_norm(flat.unsqueeze(0), row_scale, None, None, None, True, 0.0,
+                                   eps * k * k, False).squeeze(0)
     return out.view_as(weight)
 
 
