@@ -1,13 +1,12 @@
 # The embedded toy VOC dataset (mmws.ToyVOCDataset): 160x160 scenes of four shape classes,
 # written to data/toy_voc on first use; evaluated with mmseg's IoUMetric (aAcc, mIoU, mAcc).
+# Training sees whole images, flipped at random: no resize or crop, so training and test see
+# the same geometry (crops of a 160 px scene cut most shapes, which then cannot be told apart).
 dataset_type = 'mmws.ToyVOCDataset'
 data_root = 'data/toy_voc'
-crop_size = (96, 96)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(160, 160), ratio_range=(0.75, 1.25), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.9),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs')
 ]

@@ -1,5 +1,5 @@
 # The toy GN+WS run without WS: plain convs and GroupNorm(32).
-_base_ = './deeplabv3_r18-d8_gn-ws_1xb1-toy_voc.py'
+_base_ = './deeplabv3_r18-d16_gn-ws_1xb1-toy_voc.py'
 model = dict(
     backbone=dict(conv_cfg=None), decode_head=dict(conv_cfg=None),
     auxiliary_head=dict(conv_cfg=None))
