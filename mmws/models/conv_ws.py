@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from .functional import standardize_weight, unbiased_row_scale
+from .functional import standardize_weight, statistics_dtype, unbiased_row_scale
 from .load_checks import check_conv_ws_state
 
 
@@ -98,9 +98,8 @@ class ConvWS(nn.Conv2d):
         weight = self.weight
         if not self.unbiased:
             return None
-        stats_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
         return unbiased_row_scale(self.out_channels, weight[0].numel(), device=weight.device,
-                                  dtype=stats_dtype)
+                                  dtype=statistics_dtype(weight.dtype))
 
     def _apply(self, fn, recurse: bool = True) -> 'ConvWS':
         super()._apply(fn, recurse)

@@ -75,6 +75,12 @@ class _StandardizeWeightStdPlusEps(torch.autograd.Function):
         return grad.squeeze(0), None, None, None
 
 
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype :func:`standardize_weight` computes a weight's statistics in: float64 for a
+    float64 weight, float32 for every other (fp16/bf16 included)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def unbiased_row_scale(num_rows: int, row_size: int, **factory_kwargs) -> Tensor:
     """``sqrt((n - 1) / n)`` for each of ``num_rows`` filters of ``n = row_size`` entries.
 
@@ -131,7 +137,7 @@ def standardize_weight(weight: Tensor,
     Returns:
         The standardized weight, same shape, in the statistics' dtype (float32 or float64).
     """
-    stats_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    stats_dtype = statistics_dtype(weight.dtype)
     flat = weight.to(stats_dtype).flatten(1)
     num_rows, n = flat.shape
     k = ((n - 1) / n)**0.5 if unbiased else 1.0
