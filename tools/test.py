@@ -6,7 +6,8 @@
 
 The metrics are printed and appended to ``<work-dir>/metrics.json``.
 """
-from mmws.tools.runner import test
+from mmws.tools.runner import distributed_teardown, test
 
 if __name__ == '__main__':
-    test()
+    with distributed_teardown():
+        test()

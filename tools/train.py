@@ -5,7 +5,8 @@
 
 See :mod:`mmws.tools.runner` for what it adds to the toolboxes' own tool.
 """
-from mmws.tools.runner import train
+from mmws.tools.runner import distributed_teardown, train
 
 if __name__ == '__main__':
-    train()
+    with distributed_teardown():
+        train()

@@ -12,7 +12,11 @@ same command line, plus what this stack needs:
 - distributed launches on machines without CUDA (``--launcher pytorch`` on CPU): MMEngine calls
   ``torch.cuda.set_device`` and passes ``device_ids`` to DDP; here the process group is created
   with gloo first and DDP gets ``device_ids=None``;
-- ``metrics.json`` in the work dir: every evaluation's metrics (see :class:`MetricsFileHook`).
+- ``metrics.json`` in the work dir: every evaluation's metrics (see :class:`MetricsFileHook`);
+- a clean end of distributed runs (:func:`distributed_teardown`): MMEngine leaves the process
+  group alive at exit, and a gloo process that exits while a peer's last message is in flight
+  aborts (``terminate called without an active exception``, exit code -6), failing the launch
+  after training has finished.
 """
 import argparse
 import copy
@@ -265,6 +269,21 @@ def _setup_cpu_distributed(cfg: Config) -> None:
         find_unused_parameters=cfg.get('find_unused_parameters', False))
     wrapper['device_ids'] = None  # DDP takes device ids for CUDA modules only
     cfg.model_wrapper_cfg = wrapper
+
+
+@contextmanager
+def distributed_teardown() -> Iterator[None]:
+    """Destroy the default process group, if the block created one, once every rank is done.
+
+    For the command-line tools: every rank first waits at a barrier (no collective of a peer is
+    still in flight), then the group is destroyed, so no rank exits with gloo's threads running.
+    A group that existed before the block is left alone.
+    """
+    existed = dist.is_available() and dist.is_initialized()
+    yield
+    if not existed and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def build_runner(cfg: Config) -> Runner:
