@@ -12,7 +12,10 @@ over a matrix of shapes ``N × C × S × S`` (N = 1, 2; C 64…2048; S 7…200; 
   the estimates from the batch's per-channel statistics, ``F.batch_norm`` with the updated
   estimates, ``F.group_norm``: :func:`mmws.models.functional.batch_channel_norm_reference`);
 - ``BCN micro``, ``BCN batch``, ``BCN sync``: ``mmws.BCN`` in each mode (one process: sync
-  behaves as batch).
+  behaves as batch);
+- ``two-pass micro``: micro-batch BCN in the fewest passes over the activations that PyTorch
+  operators allow (:class:`TwoPassMicroBCN`), the design ``mmws.BCN`` did not take: it shows
+  what that design would gain on the CPU and what it costs in operators.
 
 Convolutions (ResNet-50's bottleneck convs), training (forward + backward) and ``eval()``
 under ``torch.no_grad()``: ``Conv2d``, mmcv's ``ConvWS2d``, a timm-style ``StdConv2d`` (the
@@ -116,6 +119,105 @@ class ComposedMicroBCN(nn.Module):
                                             bcn.num_groups, bcn.eps)
 
 
+class _TwoPassAffine(torch.autograd.Function):
+    """``z = A x + B`` per (sample, channel), with ``(A, B)`` the BCN coefficients computed
+    from the per-(sample, channel) moments ``(μ_k, v_k)`` of ``x`` (see :class:`TwoPassMicroBCN`).
+
+    Forward: the coefficients (per-channel algebra), then one pass. Backward: one reduction
+    pass (``Σ dz``, ``Σ dz (x - μ_k)`` per (sample, channel): the group-norm backward kernel
+    with one group per (sample, channel)), the per-channel algebra differentiated by autograd
+    (small tensors: this is a measurement, not the layer), then ``dx = A dz + Q x + R`` in two
+    passes, where ``(Q, R)`` carry the dependence of ``(A, B)`` on ``(μ_k, v_k)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, moments: Tuple[Tensor, Tensor], mean: Tensor, var: Tensor,
+                eps: float, *params: Tensor) -> Tensor:
+        ctx.eps = eps
+        ctx.save_for_backward(x, *moments, mean, var, *params)
+        scale, shift = _two_pass_coefficients(*moments, mean, var, eps, *params)
+        return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, sample_mean, sample_var, mean, var, *params = ctx.saved_tensors
+        n, c = x.shape[:2]
+        values = x[0, 0].numel()
+        flat = (1, n * c, values)
+        stats = sample_mean.reshape(1, -1)
+        _, centred_sums, sums = torch.ops.aten.native_group_norm_backward(
+            grad_out.contiguous().view(flat), x.view(flat), stats, torch.ones_like(stats),
+            torch.ones(n * c), 1, n * c, values, n * c, [False, True, True])
+        centred_sums, sums = centred_sums.view(n, c), sums.view(n, c)
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (sample_mean, sample_var, *params)]
+            scale, shift = _two_pass_coefficients(leaves[0], leaves[1], mean, var, ctx.eps,
+                                                  *leaves[2:])
+            loss = (scale * (centred_sums + sample_mean * sums) + shift * sums).sum()
+            grads = torch.autograd.grad(loss, leaves)
+        x_coef = 2 * grads[1] / values
+        const = grads[0] / values - x_coef * sample_mean
+        grad_x = torch.addcmul(const[..., None, None], x, x_coef[..., None, None])
+        grad_x.addcmul_(grad_out, scale.detach()[..., None, None])
+        return (grad_x, None, None, None, None, *grads[2:])
+
+
+def _two_pass_coefficients(sample_mean: Tensor, sample_var: Tensor, mean: Tensor, var: Tensor,
+                           eps: float, bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
+                           bias: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(A, B)``, ``(N, C)``: BCN(x) = A x + B for the per-(sample, channel) moments of x.
+
+    ``y = a x + b`` (batch part, per channel) has per-(sample, channel) mean ``a μ_k + b`` and
+    variance ``a² v_k``; their group means give the channel part's statistics ``(m, v)``
+    (``v`` as the mean of the within-channel variances plus the spread of the channel means:
+    no cancellation); then ``A = γ a / sqrt(v + eps)``, ``B = β + γ (b - m) / sqrt(v + eps)``.
+    """
+    n, c = sample_mean.shape
+    scale = bn_weight * torch.rsqrt(var + eps)
+    shift = bn_bias - scale * mean
+    channel_mean = (scale * sample_mean + shift).view(n, GROUPS, -1)
+    group_mean = channel_mean.mean(-1, keepdim=True)
+    group_var = (scale.square().view(GROUPS, -1) * sample_var.view(n, GROUPS, -1) +
+                 (channel_mean - group_mean).square()).mean(-1, keepdim=True)
+    gain = weight.view(GROUPS, -1) * torch.rsqrt(group_var + eps)
+    return ((gain * scale.view(GROUPS, -1)).view(n, c),
+            (bias.view(GROUPS, -1) + gain * (shift.view(GROUPS, -1) - group_mean)).view(n, c))
+
+
+class TwoPassMicroBCN(nn.Module):
+    """Micro-batch BCN in two passes forward and three backward, on the state of a ``BCN``.
+
+    One pass gives the per-(sample, channel) moments ``(μ_k, v_k)`` of ``x``; from them, per
+    channel: the batch statistics and the EstBN estimate update (no second pass), the batch
+    part's affine and the channel part's group statistics, so the layer is ``A x + B`` per
+    (sample, channel), the second pass. GroupNorm itself makes two passes forward and two
+    backward; ``mmws.BCN`` makes four and five (it runs the native batch-norm and group-norm
+    kernels, in few operators). Only for ``(N, C, H, W)`` inputs.
+    """
+
+    def __init__(self, bcn: BCN):
+        super().__init__()
+        self.bcn = bcn
+
+    def forward(self, x: Tensor) -> Tensor:
+        bcn = self.bcn
+        n, c = x.shape[:2]
+        sample_mean, sample_var = (m.view(n, c) for m in torch.batch_norm_update_stats(
+            x.detach().reshape(1, n * c, -1), None, None, 0.0))
+        with torch.no_grad():
+            batch_mean = sample_mean.mean(0)
+            has_center = bcn.num_batches_tracked.clamp(max=1)
+            center = torch.lerp(batch_mean, bcn.running_mean, has_center.to(x.dtype))
+            second_moment = (sample_var + (sample_mean - center).square()).mean(0)
+            rate = bcn.update_rate()
+            bcn.running_mean.lerp_(batch_mean, rate)
+            bcn.running_var.lerp_(second_moment, rate)
+            bcn.num_batches_tracked.add_(1)
+        return _TwoPassAffine.apply(x, (sample_mean, sample_var), bcn.running_mean.clone(),
+                                    bcn.running_var.clone(), bcn.eps, bcn.bn_weight,
+                                    bcn.bn_bias, bcn.weight, bcn.bias)
+
+
 class StdConv2d(nn.Conv2d):
     """timm-style Weight Standardization: one ``F.batch_norm`` over the weight viewed as
     ``(1, O, n)`` gives the per-filter standardization (biased variance, eps inside the
@@ -155,6 +257,7 @@ def norm_variants(channels: int, generator: torch.Generator) -> Dict[str, nn.Mod
         'authors BCN': AuthorsBCN(channels),
         'BN(estimates)→GN': ComposedMicroBCN(copy.deepcopy(bcns['micro'])),
         **{f'BCN {mode}': bcn for mode, bcn in bcns.items()},
+        'two-pass micro': TwoPassMicroBCN(copy.deepcopy(bcns['micro'])),
     }
 
 
@@ -201,6 +304,23 @@ def bcn_errors(shape: Sequence[int], generator: torch.Generator,
         errors[f'BCN {mode}'] = max(
             max_relative_error(a.detach(), e.detach()) for a, e in zip(actual, expected))
     return errors
+
+
+def two_pass_error(shape: Sequence[int], generator: torch.Generator,
+                   device: str = 'cpu') -> float:
+    """Relative error of :class:`TwoPassMicroBCN` against the straightforward composition
+    (output, gradients of the input and the four affines, updated estimates)."""
+    x = (torch.randn(shape, generator=generator) * 1.5 + 0.7).to(device).requires_grad_()
+    grad_out = torch.randn(shape, generator=generator).to(device)
+    bcn = randomized_bcn(shape[1], 'micro', generator).train().to(device)
+    two_pass, reference = TwoPassMicroBCN(copy.deepcopy(bcn)), ComposedMicroBCN(bcn)
+    results = []
+    for module in (two_pass, reference):
+        state = module.bcn
+        params = [state.bn_weight, state.bn_bias, state.weight, state.bias]
+        results.append(gradients(module, x, grad_out, params) +
+                       [state.running_mean, state.running_var])
+    return max(max_relative_error(a.detach(), e.detach()) for a, e in zip(*results))
 
 
 def authors_error(shape: Sequence[int], generator: torch.Generator,
@@ -251,8 +371,9 @@ def bench_norm(shape: Tuple[int, ...], repeats: int, min_seconds: float,
     }
     errors = bcn_errors(shape, generator, device)
     return dict(shape=list(shape), input_bytes=x.numel() * x.element_size(), variants=results,
-                errors=dict(errors, **{'authors BCN vs BCN batch': authors_error(
-                    shape, generator, device)}))
+                errors=dict(errors, **{
+                    'authors BCN vs BCN batch': authors_error(shape, generator, device),
+                    'two-pass micro': two_pass_error(shape, generator, device)}))
 
 
 def conv_variants(in_channels: int, out_channels: int, kernel: int,

@@ -24,7 +24,8 @@ REGENERATE = ('.venv/bin/python benchmarks/bench_layers.py && '
               '.venv/bin/python benchmarks/render_readme.py')
 NORM_COLUMNS = {'GroupNorm': 'GN', 'BatchNorm2d': 'BN', 'BN→GN': 'BN→GN',
                 'authors BCN': 'authors', 'BN(estimates)→GN': 'BN(est.)→GN',
-                'BCN micro': 'micro', 'BCN batch': 'batch', 'BCN sync': 'sync'}
+                'BCN micro': 'micro', 'BCN batch': 'batch', 'BCN sync': 'sync',
+                'two-pass micro': '2-pass'}
 TOY_BEGIN = '<!-- toy study: rendered by benchmarks/render_readme.py --toy --readme README.md -->'
 TOY_END = '<!-- end of toy study -->'
 
@@ -33,7 +34,7 @@ def norm_table(rows: List[Dict]) -> str:
     """Median ms per variant, then BCN's ratios to GN and to the composition it replaces, and
     the activations BCN micro / GN save for backward and their peak memory."""
     header = ['N×C×S×S'] + list(NORM_COLUMNS.values()) + [
-        'micro / GN', 'batch / GN', 'micro / BN(est.)→GN', 'batch / BN→GN',
+        'micro / GN', 'batch / GN', '2-pass / GN', 'micro / BN(est.)→GN', 'batch / BN→GN',
         'saved MiB GN, micro', 'peak MiB GN, micro']
     body = []
     for row in rows:
@@ -42,6 +43,7 @@ def norm_table(rows: List[Dict]) -> str:
                     [f'{variants[name]["ms"]:.2f}' for name in NORM_COLUMNS] + [
                         f'{ratio(row, "BCN micro", "GroupNorm"):.2f}',
                         f'{ratio(row, "BCN batch", "GroupNorm"):.2f}',
+                        f'{ratio(row, "two-pass micro", "GroupNorm"):.2f}',
                         f'{ratio(row, "BCN micro", "BN(estimates)→GN"):.2f}',
                         f'{ratio(row, "BCN batch", "BN→GN"):.2f}',
                         f'{mib(variants["GroupNorm"]["saved_bytes"])}, '

@@ -71,7 +71,7 @@ def conv_layers(model):
 
 
 def test_configs_are_found():
-    assert len(GPU_CONFIGS) == 16 and len(TOY_CONFIGS) == 4
+    assert len(GPU_CONFIGS) == 16 and len(TOY_CONFIGS) == 7
 
 
 @pytest.mark.parametrize('path', GPU_CONFIGS + TOY_CONFIGS, ids=_name)
@@ -104,7 +104,14 @@ def test_config_declares_its_experiment(path):
         # The authors' BCN+WS ImageNet weights standardize with sqrt(var + eps).
         assert model.backbone.conv_cfg.get('eps_inside_sqrt', False) == (kind == 'bcn')
     else:
-        assert model.pretrained is None and model.backbone.type == 'ResNetV1c'
+        assert model.pretrained is None
+        if 'toypre' in name:  # the toy classifier's 7x7 stem and its checkpoint
+            assert model.backbone.type == 'ResNet'
+            assert model.backbone.init_cfg == dict(
+                type='Pretrained', prefix='backbone.',
+                checkpoint=f'checkpoints/toy/resnet18_{name.split("_")[2]}_1xb32-toy_cls.pth')
+        else:
+            assert model.backbone.type == 'ResNetV1c'
 
 
 @pytest.mark.parametrize('path', GPU_CONFIGS + TOY_CONFIGS, ids=_name)

@@ -1,5 +1,5 @@
 # BCN+WS DeepLabV3 on the embedded toy VOC data, 1 image per GPU, trained from scratch on CPU
-# (about 15 minutes on 2 cores; GN 10): ResNetV1c-18 (mmseg's deep stem, BCN after each of its
+# (about 14 minutes on 2 cores; GN 10): ResNetV1c-18 (mmseg's deep stem, BCN after each of its
 # three convs) at output stride 16 (last stage dilated), whole 160x160 images, AdamW, cross
 # entropy + Lovasz.
 _base_ = [
@@ -25,8 +25,8 @@ model = dict(
     auxiliary_head=dict(in_channels=256, channels=64, num_classes=num_classes))
 
 # From scratch at 1 image per step, AdamW learns the shapes faster than SGD (lr 0.01,
-# momentum 0.9), which needs 10000-16000 steps for what AdamW reaches in 4000 (see the README).
-max_iters = 4000
+# momentum 0.9), which needs 10000-16000 steps for what AdamW reaches in 4000-5000 (see the README).
+max_iters = 5000
 warmup_iters = 200
 optim_wrapper = dict(
     type='OptimWrapper',
