@@ -12,7 +12,9 @@ interrupted study resumes where it stopped), then prints mean ± std tables and 
   micro-batch mode): top-1 accuracy;
 - ``finetune``: the toy Mask R-CNN at 1 image per step from each pretrained backbone (BN with
   frozen statistics, BCN in micro-batch mode): box / mask AP;
-- ``scratch``: the same detectors from scratch, and the from-scratch gap's targeted variants.
+- ``scratch``: the same detectors from scratch, and the from-scratch gap's targeted variants;
+- ``seg``: the toy DeepLabV3 at 1 image per step, from scratch (GN, GN+WS, BCN+WS): mIoU and
+  each class's IoU.
 
 Cells are ordered so the most important finish first (see :func:`study_cells`).
 
@@ -43,9 +45,14 @@ NORM_SLOTS = ('model.backbone', 'model.neck', 'model.roi_head.bbox_head',
 # Detector runs of the study: 300 steps at 1 image (the fine-tuning configs' schedule; the
 # from-scratch configs' is 400), evaluated once at the end.
 DET_ITERS = 300
+# The toy segmentation's norms: BN cannot train the toy DeepLabV3 at 1 image per step (ASPP's
+# image-pool branch leaves it one value per channel; its config takes 2 images).
+SEG_NORMS = ('GN', 'GN+WS', 'BCN+WS')
+SEG_CLASSES = ('background', 'circle', 'square', 'triangle', 'star')
 METRICS = {'pretrain': ('accuracy/top1', ), 'micro': ('accuracy/top1', ),
            'finetune': ('coco/bbox_mAP', 'coco/segm_mAP'),
-           'scratch': ('coco/bbox_mAP', 'coco/segm_mAP')}
+           'scratch': ('coco/bbox_mAP', 'coco/segm_mAP'),
+           'seg': ('mIoU', ) + tuple(f'IoU.{name}' for name in SEG_CLASSES)}
 
 
 @dataclass
@@ -54,7 +61,7 @@ class Cell:
 
     Attributes:
         name: Unique name (the work dir's name); a record is keyed by it.
-        experiment: ``'pretrain'``, ``'micro'``, ``'finetune'`` or ``'scratch'``.
+        experiment: ``'pretrain'``, ``'micro'``, ``'finetune'``, ``'scratch'`` or ``'seg'``.
         norm: One of :data:`NORMS`.
         seed: MMEngine's ``randomness.seed``.
         setting: What distinguishes the cell within its experiment and norm (e.g.
@@ -97,7 +104,8 @@ def study_cells(seeds: int, work_root: str, det_iters: int = DET_ITERS) -> List[
     The order: the four pretrainings; the core comparisons (fine-tuning, micro-batch
     classification), seed by seed; the from-scratch detectors and the gap's rate variant, seed
     by seed; the fine-tuned BCN+WS at the gap's rate; the from-scratch BN and GN+WS at lr 0.01;
-    last a second BCN+WS pretraining and one fine-tuning from it.
+    a second BCN+WS pretraining and one fine-tuning from it; last the toy segmentation, seed by
+    seed (its configs' own schedule).
     """
     def suffix(variant):
         return '' if variant == 'default' else '_' + variant.replace(' ', '').replace('=', '')
@@ -151,9 +159,14 @@ def study_cells(seeds: int, work_root: str, det_iters: int = DET_ITERS) -> List[
         norm, variant, options = gap_variants()[1]
         return [scratch('BN', seed), scratch(norm, seed, variant, options)]
 
+    def segmentation(seed):
+        return [Cell(f'seg_{SLUG[norm]}_s{seed}', 'seg', norm, seed, {'images': 1},
+                     f'configs/toy/deeplabv3_r18-d16_{SLUG[norm]}_1xb1-toy_voc.py')
+                for norm in SEG_NORMS]
+
     cells = [Cell(f'pretrain_{SLUG[n]}', 'pretrain', n, 0, {'batch': 32},
                   f'configs/toy/resnet18_{SLUG[n]}_1xb32-toy_cls.py') for n in NORMS]
-    for group in (core, gap, rate_finetune, last, second_pretraining):
+    for group in (core, gap, rate_finetune, last, second_pretraining, segmentation):
         for seed in range(seeds):
             cells += group(seed)
     return cells
@@ -321,7 +334,26 @@ def tables(runs: Sequence[dict]) -> str:
                 if (norm, v) in box]
         out += [f'**Toy Mask R-CNN, 1 image per step, {title}** (box / mask AP %, mean ± std '
                 '(seeds)):', '', markdown_table(['norm', 'box AP', 'mask AP'], rows), '']
-    return '\n'.join(out)
+    return '\n'.join(out + seg_table(runs))
+
+
+def seg_table(runs: Sequence[dict]) -> List[str]:
+    """The toy segmentation's table: mIoU and each class's IoU, mean ± std over seeds, and the
+    lowest shape IoU of any run (whether every run learned every shape)."""
+    metrics = METRICS['seg']
+    groups = {metric: grouped(runs, 'seg', metric) for metric in metrics}
+    rows = []
+    for norm in SEG_NORMS:
+        if norm not in groups['mIoU']:
+            continue
+        shapes = [groups[f'IoU.{name}'][norm] for name in SEG_CLASSES[1:]]
+        rows.append([norm] + [cell_text(groups[metric][norm]) for metric in metrics] +
+                     [f'{min(min(values) for values in shapes):.1f}'])
+    if not rows:
+        return []
+    return ['**Toy DeepLabV3, 1 image per step, from scratch** (IoU %, mean ± std (seeds)):', '',
+            markdown_table(['norm', 'mIoU', *SEG_CLASSES, 'lowest shape IoU of any run'], rows),
+            '']
 
 
 def spread_lines(runs: Sequence[dict]) -> List[str]:
@@ -336,7 +368,8 @@ def spread_lines(runs: Sequence[dict]) -> List[str]:
               ('scratch', 'coco/bbox_mAP', 'from-scratch box AP',
                lambda r: r['setting'].get('variant', 'default') == 'default'),
               ('scratch', 'coco/segm_mAP', 'from-scratch mask AP',
-               lambda r: r['setting'].get('variant', 'default') == 'default')]
+               lambda r: r['setting'].get('variant', 'default') == 'default'),
+              ('seg', 'mIoU', 'segmentation mIoU', None)]
     for experiment, metric, label, keep in checks:
         kept = [r for r in runs if keep is None or keep(r)]
         found = comparisons(grouped(kept, experiment, metric))
@@ -354,7 +387,8 @@ def plot(runs: Sequence[dict], out: Path) -> Path:
     panels = [('micro, batch 1: top-1 %', 'micro', 'accuracy/top1', 'batch', 1),
               ('micro, batch 2: top-1 %', 'micro', 'accuracy/top1', 'batch', 2),
               ('fine-tuned: box AP %', 'finetune', 'coco/bbox_mAP', 'variant', 'default'),
-              ('from scratch: box AP %', 'scratch', 'coco/bbox_mAP', 'variant', 'default')]
+              ('from scratch: box AP %', 'scratch', 'coco/bbox_mAP', 'variant', 'default'),
+              ('toy DeepLabV3: mIoU %', 'seg', 'mIoU', None, None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (title, experiment, metric, key, value) in zip(axes, panels):
         kept = [r for r in runs if key is None or r['setting'].get(key, 'default') == value]

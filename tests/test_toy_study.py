@@ -172,6 +172,10 @@ def test_study_cells_put_the_core_comparisons_first_and_need_their_backbone(tmp_
             assert (needed.experiment, needed.norm) == ('pretrain', cell.norm)
     counts = {(c.experiment, c.norm) for c in cells if c.seed == 2}
     assert {(e, n) for e in ('finetune', 'micro', 'scratch') for n in toy_study.NORMS} <= counts
+    seg = [cell for cell in cells if cell.experiment == 'seg']
+    assert {(cell.norm, cell.seed) for cell in seg} == {
+        (norm, seed) for norm in ('GN', 'GN+WS', 'BCN+WS') for seed in range(3)}
+    assert all(osp.isfile(osp.join(REPO, cell.config)) for cell in seg)
 
 
 def test_study_tables_and_spread():
@@ -184,3 +188,17 @@ def test_study_tables_and_spread():
     assert toy_study.spread_lines(runs) == [
         'fine-tuned box AP: BCN+WS > GN, BCN+WS > GN+WS',
         'fine-tuned mask AP: GN+WS > GN, BCN+WS > GN, BCN+WS > GN+WS']
+
+
+def test_study_segmentation_table_shows_each_class_and_the_lowest_shape():
+    classes = ('background', 'circle', 'square', 'triangle', 'star')
+    runs = [dict(experiment='seg', norm=norm, seed=seed, setting={'images': 1},
+                 metrics={'mIoU': base + seed,
+                          **{f'IoU.{name}': base + 10 * index - seed
+                             for index, name in enumerate(classes)}})
+            for norm, base in (('GN', 40.0), ('BCN+WS', 20.0)) for seed in range(3)]
+    text = toy_study.tables(runs).split('Toy DeepLabV3')[1]
+    assert ('| GN | 41.0 ± 1.0 (3) | 39.0 ± 1.0 (3) | 49.0 ± 1.0 (3) | 59.0 ± 1.0 (3) | '
+            '69.0 ± 1.0 (3) | 79.0 ± 1.0 (3) | 48.0 |') in text
+    assert '| BCN+WS | 21.0 ± 1.0 (3) |' in text and '| GN+WS |' not in text
+    assert toy_study.spread_lines(runs) == ['segmentation mIoU: GN > BCN+WS']

@@ -1,7 +1,7 @@
 # BCN+WS DeepLabV3 on the embedded toy VOC data, 1 image per GPU, trained from scratch on CPU
-# (about 14 minutes on 2 cores; GN 10): ResNetV1c-18 (mmseg's deep stem, BCN after each of its
-# three convs) at output stride 16 (last stage dilated), whole 160x160 images, AdamW, cross
-# entropy + Lovasz.
+# (about 7 minutes on 2 cores): ResNetV1c-18's first three stages (mmseg's deep stem, BCN after
+# each of its three convs; output stride 16 without dilation), whole 160x160 images, AdamW,
+# cross entropy + Lovasz.
 _base_ = [
     '../_base_/models/deeplabv3_r50-d8_bcn-ws.py', '../_base_/datasets/toy_voc.py',
     'mmseg::_base_/default_runtime.py'
@@ -12,25 +12,32 @@ data_preprocessor = dict(size=image_size)
 model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,
-    backbone=dict(type='ResNetV1c', depth=18, dilations=(1, 1, 1, 2), strides=(1, 2, 2, 1)),
+    # Three stages: the fourth (512 channels, dilated to keep output stride 16) cost half of a
+    # training step and learned the shapes no better (README: the toy run's history).
+    backbone=dict(
+        type='ResNetV1c', depth=18, num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1),
+        out_indices=(0, 1, 2)),
     # ASPP rates sized for the 10x10 feature map (mmseg's 12, 24, 36 would see only padding).
     decode_head=dict(
-        in_channels=512, channels=128, num_classes=num_classes, dilations=(1, 2, 3, 4),
+        in_channels=256, in_index=2, channels=128, num_classes=num_classes,
+        dilations=(1, 2, 3, 4),
         # Lovasz (multi-class, over the classes present) lifts the shapes with few pixels.
         loss_decode=[
             dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
             dict(type='LovaszLoss', loss_type='multi_class', classes='present',
                  per_image=False, reduction='none', loss_weight=1.0)
         ]),
-    auxiliary_head=dict(in_channels=256, channels=64, num_classes=num_classes))
+    auxiliary_head=dict(in_channels=128, in_index=1, channels=64, num_classes=num_classes))
 
 # From scratch at 1 image per step, AdamW learns the shapes faster than SGD (lr 0.01,
-# momentum 0.9), which needs 10000-16000 steps for what AdamW reaches in 4000-5000 (see the README).
+# momentum 0.9), which needs 10000-16000 steps for what AdamW reaches in 4000-5000 (see the README);
+# lr 1e-3 beat 5e-4 on this three-stage network (GN 65.6 against 61.4 mIoU, GN+WS 68.0 against 54.7).
 max_iters = 5000
 warmup_iters = 200
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=0.05))
+    # fused: one multi-tensor kernel per step (on the CPU a tenth of the per-tensor loop's time).
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05, fused=True))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup_iters),
     dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=warmup_iters,

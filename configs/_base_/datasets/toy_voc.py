@@ -1,5 +1,6 @@
 # The embedded toy VOC dataset (mmws.ToyVOCDataset): 160x160 scenes of four shape classes,
-# written to data/toy_voc on first use; evaluated with mmseg's IoUMetric (aAcc, mIoU, mAcc).
+# written to data/toy_voc on first use; evaluated with mmseg's IoUMetric (aAcc, mIoU, mAcc; per
+# class IoU.<class> too, through mmws.ClassIoUMetric).
 # Training sees whole images, flipped at random: no resize or crop, so training and test see
 # the same geometry (crops of a 160 px scene cut most shapes, which then cannot be told apart).
 dataset_type = 'mmws.ToyVOCDataset'
@@ -39,5 +40,5 @@ val_dataloader = dict(
         ann_file='ImageSets/Segmentation/val.txt',
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+val_evaluator = dict(type='mmws.ClassIoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator

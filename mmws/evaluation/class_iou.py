@@ -1,0 +1,30 @@
+"""mmseg's ``IoUMetric`` with each class's IoU among its results, not only in its log table."""
+from typing import Dict, List
+
+import numpy as np
+from mmseg.evaluation import IoUMetric
+
+from ..registry import METRICS
+
+
+@METRICS.register_module()
+class ClassIoUMetric(IoUMetric):
+    """:class:`mmseg.evaluation.IoUMetric`, whose results also hold ``IoU.<class>`` per class.
+
+    mmseg logs the per-class IoU as a table only; its results (what MMEngine's loggers, the
+    ``metrics.json`` of :class:`~mmws.tools.metrics_file.MetricsFileHook` and checkpoint
+    selection see) hold the means. This metric adds, for every class ``c`` of the dataset,
+    ``IoU.c = 100 · Σ|P_c ∩ G_c| / Σ|P_c ∪ G_c|`` over the evaluated images (rounded to 0.01 as
+    mmseg's table; NaN for a class in neither predictions nor labels). Everything else is
+    ``IoUMetric``'s, with the same arguments.
+    """
+
+    def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
+        metrics = super().compute_metrics(results)
+        intersect = sum(result[0] for result in results).double()
+        union = sum(result[1] for result in results).double()
+        with np.errstate(invalid='ignore'):
+            iou = (100.0 * intersect / union).numpy()
+        for name, value in zip(self.dataset_meta['classes'], iou):
+            metrics[f'IoU.{name}'] = float(np.round(value, 2))
+        return metrics
