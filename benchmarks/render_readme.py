@@ -5,7 +5,8 @@ Reads ``benchmarks/results/layers.json`` (``bench_layers.py``) and
 machine, the tables of both benchmarks and every target with its status. With ``--toy`` it
 renders the toy study's tables (``benchmarks/results/toy_study.json``, ``toy_study.py``)
 instead, and with ``--readme README.md`` writes them into the README between the markers
-:data:`TOY_BEGIN` and :data:`TOY_END`.
+:data:`TOY_BEGIN` and :data:`TOY_END` (detection and classification) and :data:`SEG_BEGIN` and
+:data:`SEG_END` (the toy segmentation, in the README's segmentation section).
 
 Run: ``.venv/bin/python benchmarks/render_readme.py [--layers PATH] [--models PATH]`` or
 ``.venv/bin/python benchmarks/render_readme.py --toy [PATH] [--readme README.md]``.
@@ -18,6 +19,7 @@ from typing import Dict, List
 
 from common import RESULTS_DIR, markdown_table, mib, ratio, targets_table
 from toy_study import markdown as toy_markdown
+from toy_study import seg_markdown
 
 REGENERATE = ('.venv/bin/python benchmarks/bench_layers.py && '
               '.venv/bin/python benchmarks/bench_models.py && '
@@ -28,6 +30,9 @@ NORM_COLUMNS = {'GroupNorm': 'GN', 'BatchNorm2d': 'BN', 'BN→GN': 'BN→GN',
                 'two-pass micro': '2-pass'}
 TOY_BEGIN = '<!-- toy study: rendered by benchmarks/render_readme.py --toy --readme README.md -->'
 TOY_END = '<!-- end of toy study -->'
+SEG_BEGIN = ('<!-- toy segmentation: rendered by benchmarks/render_readme.py --toy --readme '
+             'README.md -->')
+SEG_END = '<!-- end of toy segmentation -->'
 
 
 def norm_table(rows: List[Dict]) -> str:
@@ -191,10 +196,12 @@ def main(argv=None) -> str:
                         help='with --toy: write the tables into this README between its markers')
     args = parser.parse_args(argv)
     if args.toy is not None:
-        markdown = toy_markdown(json.loads(args.toy.read_text()))
+        results = json.loads(args.toy.read_text())
+        markdown, seg = toy_markdown(results), seg_markdown(results)
         if args.readme is not None:
-            args.readme.write_text(
-                replace_block(args.readme.read_text(), TOY_BEGIN, TOY_END, markdown))
+            text = replace_block(args.readme.read_text(), TOY_BEGIN, TOY_END, markdown)
+            args.readme.write_text(replace_block(text, SEG_BEGIN, SEG_END, seg))
+        markdown += '\n' + seg
         print(markdown)
         return markdown
     markdown = render(json.loads(args.layers.read_text()), json.loads(args.models.read_text()))

@@ -334,7 +334,7 @@ def tables(runs: Sequence[dict]) -> str:
                 if (norm, v) in box]
         out += [f'**Toy Mask R-CNN, 1 image per step, {title}** (box / mask AP %, mean ± std '
                 '(seeds)):', '', markdown_table(['norm', 'box AP', 'mask AP'], rows), '']
-    return '\n'.join(out + seg_table(runs))
+    return '\n'.join(out)
 
 
 def seg_table(runs: Sequence[dict]) -> List[str]:
@@ -368,8 +368,7 @@ def spread_lines(runs: Sequence[dict]) -> List[str]:
               ('scratch', 'coco/bbox_mAP', 'from-scratch box AP',
                lambda r: r['setting'].get('variant', 'default') == 'default'),
               ('scratch', 'coco/segm_mAP', 'from-scratch mask AP',
-               lambda r: r['setting'].get('variant', 'default') == 'default'),
-              ('seg', 'mIoU', 'segmentation mIoU', None)]
+               lambda r: r['setting'].get('variant', 'default') == 'default')]
     for experiment, metric, label, keep in checks:
         kept = [r for r in runs if keep is None or keep(r)]
         found = comparisons(grouped(kept, experiment, metric))
@@ -428,11 +427,23 @@ def markdown(results: Dict[str, object]) -> str:
         f'From `benchmarks/results/toy_study.json` ({source}).', ''])
 
 
+def seg_markdown(results: Dict[str, object]) -> str:
+    """The toy segmentation's table, its differences beyond the seed spread and its run time."""
+    runs = [r for r in results['runs'] if r['experiment'] == 'seg' and 'metrics' in r]
+    found = comparisons(grouped(runs, 'seg', 'mIoU'))
+    cpu = sum(run['wall_s'] for run in runs)
+    return '\n'.join(seg_table(runs) + [
+        'Differences in mIoU larger than the seed spread (|Δ mean| > std₁ + std₂): ' +
+        (', '.join(found) if found else 'none') + '.', '',
+        f'From `benchmarks/results/toy_study.json` ({len(runs)} runs, {cpu / 60:.0f} min of '
+        'single-thread run time).', ''])
+
+
 def report(results: Dict[str, object], png: Path) -> str:
-    """:func:`markdown`, and the plot drawn to ``png``."""
+    """:func:`markdown` and :func:`seg_markdown`, and the plot drawn to ``png``."""
     if any('metrics' in run for run in results['runs']):
         plot([r for r in results['runs'] if 'metrics' in r], png)
-    return markdown(results)
+    return markdown(results) + '\n' + seg_markdown(results)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

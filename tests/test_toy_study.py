@@ -192,13 +192,38 @@ def test_study_tables_and_spread():
 
 def test_study_segmentation_table_shows_each_class_and_the_lowest_shape():
     classes = ('background', 'circle', 'square', 'triangle', 'star')
-    runs = [dict(experiment='seg', norm=norm, seed=seed, setting={'images': 1},
+    runs = [dict(experiment='seg', norm=norm, seed=seed, setting={'images': 1}, wall_s=60.0,
                  metrics={'mIoU': base + seed,
                           **{f'IoU.{name}': base + 10 * index - seed
                              for index, name in enumerate(classes)}})
             for norm, base in (('GN', 40.0), ('BCN+WS', 20.0)) for seed in range(3)]
-    text = toy_study.tables(runs).split('Toy DeepLabV3')[1]
+    text = toy_study.seg_markdown(dict(runs=runs, sessions=[]))
     assert ('| GN | 41.0 ± 1.0 (3) | 39.0 ± 1.0 (3) | 49.0 ± 1.0 (3) | 59.0 ± 1.0 (3) | '
             '69.0 ± 1.0 (3) | 79.0 ± 1.0 (3) | 48.0 |') in text
     assert '| BCN+WS | 21.0 ± 1.0 (3) |' in text and '| GN+WS |' not in text
-    assert toy_study.spread_lines(runs) == ['segmentation mIoU: GN > BCN+WS']
+    assert 'larger than the seed spread (|Δ mean| > std₁ + std₂): GN > BCN+WS.' in text
+    assert '(6 runs, 6 min of single-thread run time)' in text
+    # The detection and classification tables leave the segmentation to its own block.
+    assert 'DeepLabV3' not in toy_study.tables(runs)
+
+
+def test_readme_blocks_are_rendered_from_the_study_json(tmp_path):
+    import render_readme
+    runs = [dict(experiment=experiment, norm='GN', seed=seed, setting={}, wall_s=60.0,
+                 metrics=metrics)
+            for seed in range(2)
+            for experiment, metrics in (
+                ('finetune', {'coco/bbox_mAP': 0.1, 'coco/segm_mAP': 0.2}),
+                ('seg', {'mIoU': 50.0, **{f'IoU.{name}': 40.0 for name in toy_study.SEG_CLASSES}}))]
+    results = tmp_path / 'toy_study.json'
+    results.write_text(json.dumps(dict(runs=runs, sessions=[])))
+    readme = tmp_path / 'README.md'
+    readme.write_text('\n'.join(['# r', render_readme.TOY_BEGIN, 'old', render_readme.TOY_END,
+                                 'between', render_readme.SEG_BEGIN, 'old',
+                                 render_readme.SEG_END, 'end']))
+    render_readme.main(['--toy', str(results), '--readme', str(readme)])
+    text = readme.read_text()
+    assert 'old' not in text and text.endswith('end') and 'between' in text
+    toy, seg = text.split('between')
+    assert '| GN | 10.0 ± 0.0 (2) | 20.0 ± 0.0 (2) |' in toy and 'DeepLabV3' not in toy
+    assert '| GN | 50.0 ± 0.0 (2) |' in seg and 'Mask R-CNN' not in seg
