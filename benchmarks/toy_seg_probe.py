@@ -45,7 +45,10 @@ from mmws.tools.runner import trusted_torch_load
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLASSIFIER_CONFIG = 'configs/toy/resnet18_gn_1xb32-toy_cls.py'
 SEGMENTER_CONFIG = 'configs/toy/deeplabv3_r18-d16_gn_1xb1-toy_voc.py'
-OUTPUT_STRIDE_8 = dict(dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1))  # mmseg's "d8" backbone
+# mmseg's "d8" backbone: all four stages of ResNet-18, as in those runs (the toy segmenter now
+# uses three).
+OUTPUT_STRIDE_8 = dict(num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
+                       strides=(1, 2, 1, 1))
 CONTEXTS = {'box x1.3 (as the training crops)': 1.3, 'native 64 px window': None,
             'box x2.5': 2.5}
 
