@@ -17,7 +17,7 @@ train-toy: install
 	$(PY) tools/train.py configs/toy/mask-rcnn_r18-toypre_fpn_bcn-ws_1xb1-toy_coco.py --work-dir work_dirs/toy_bcn-ws --cfg-options randomness.seed=0
 	$(PY) tools/plot_curves.py work_dirs/toy_bcn-ws
 
-# BCN+WS DeepLabV3 at 1 img/GPU on the embedded toy VOC data, from scratch (CPU, MAKE_TIME):
+# BCN+WS DeepLabV3 at 1 img/GPU on the embedded toy VOC data, from scratch (CPU, ~9 min):
 # 5000 AdamW steps on whole images (from scratch GN/GN+WS learn every shape, BCN+WS not: README).
 train-toy-seg: install
 	$(PY) tools/train.py configs/toy/deeplabv3_r18-d16_bcn-ws_1xb1-toy_voc.py --work-dir work_dirs/deeplabv3_r18-d16_bcn-ws_1xb1-toy_voc

@@ -1,5 +1,5 @@
 # BCN+WS DeepLabV3 on the embedded toy VOC data, 1 image per GPU, trained from scratch on CPU
-# (about 7 minutes on 2 cores): ResNetV1c-18's first three stages (mmseg's deep stem, BCN after
+# (about 9 minutes on 2 cores): ResNetV1c-18's first three stages (mmseg's deep stem, BCN after
 # each of its three convs; output stride 16 without dilation), whole 160x160 images, AdamW,
 # cross entropy + Lovasz.
 _base_ = [
