@@ -39,3 +39,13 @@ def test_per_class_iou_matches_a_direct_count_over_all_images():
     assert results['mIoU'] == pytest.approx(
         np.mean([results[f'IoU.{name}'] for name in CLASSES[:3]]), abs=0.01)
     assert {'aAcc', 'mIoU'} <= set(results)
+
+
+def test_per_class_iou_follows_nan_to_num():
+    metric = METRICS.build(dict(type='mmws.ClassIoUMetric', iou_metrics=['mIoU'], nan_to_num=0))
+    metric.dataset_meta = dict(classes=CLASSES)
+    pred = label = np.zeros((4, 4), dtype=np.int64)
+    metric.process({}, [_sample(pred, label)])
+    results = metric.evaluate(1)
+    assert results['IoU.background'] == 100.0
+    assert results['IoU.absent'] == 0.0

@@ -13,18 +13,17 @@ class ClassIoUMetric(IoUMetric):
 
     mmseg logs the per-class IoU as a table only; its results (what MMEngine's loggers, the
     ``metrics.json`` of :class:`~mmws.tools.metrics_file.MetricsFileHook` and checkpoint
-    selection see) hold the means. This metric adds, for every class ``c`` of the dataset,
-    ``IoU.c = 100 · Σ|P_c ∩ G_c| / Σ|P_c ∪ G_c|`` over the evaluated images (rounded to 0.01 as
-    mmseg's table; NaN for a class in neither predictions nor labels). Everything else is
-    ``IoUMetric``'s, with the same arguments.
+    selection see) hold the means. This metric adds, for every class ``c`` of the dataset, the
+    value of that table, ``IoU.c = 100 · Σ|P_c ∩ G_c| / Σ|P_c ∪ G_c|`` over the evaluated images
+    (rounded to 0.01; NaN for a class in neither predictions nor labels, or ``nan_to_num``), from
+    ``IoUMetric.total_area_to_metrics``. Everything else is ``IoUMetric``'s, with the same
+    arguments.
     """
 
     def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
         metrics = super().compute_metrics(results)
-        intersect = sum(result[0] for result in results).double()
-        union = sum(result[1] for result in results).double()
-        with np.errstate(invalid='ignore'):
-            iou = (100.0 * intersect / union).numpy()
+        total_areas = [sum(areas) for areas in zip(*results)]
+        iou = self.total_area_to_metrics(*total_areas, ['mIoU'], self.nan_to_num, self.beta)['IoU']
         for name, value in zip(self.dataset_meta['classes'], iou):
-            metrics[f'IoU.{name}'] = float(np.round(value, 2))
+            metrics[f'IoU.{name}'] = float(np.round(value * 100, 2))
         return metrics
