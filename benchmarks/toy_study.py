@@ -34,6 +34,8 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from mmws.datasets.toy_voc import CLASSES as SEG_CLASSES
+
 from common import RESULTS_DIR, machine, markdown_table, revision, utc_now, write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +50,6 @@ DET_ITERS = 300
 # The toy segmentation's norms: BN cannot train the toy DeepLabV3 at 1 image per step (ASPP's
 # image-pool branch leaves it one value per channel; its config takes 2 images).
 SEG_NORMS = ('GN', 'GN+WS', 'BCN+WS')
-SEG_CLASSES = ('background', 'circle', 'square', 'triangle', 'star')
 METRICS = {'pretrain': ('accuracy/top1', ), 'micro': ('accuracy/top1', ),
            'finetune': ('coco/bbox_mAP', 'coco/segm_mAP'),
            'scratch': ('coco/bbox_mAP', 'coco/segm_mAP'),

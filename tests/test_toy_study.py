@@ -191,11 +191,10 @@ def test_study_tables_and_spread():
 
 
 def test_study_segmentation_table_shows_each_class_and_the_lowest_shape():
-    classes = ('background', 'circle', 'square', 'triangle', 'star')
     runs = [dict(experiment='seg', norm=norm, seed=seed, setting={'images': 1}, wall_s=60.0,
                  metrics={'mIoU': base + seed,
                           **{f'IoU.{name}': base + 10 * index - seed
-                             for index, name in enumerate(classes)}})
+                             for index, name in enumerate(toy_study.SEG_CLASSES)}})
             for norm, base in (('GN', 40.0), ('BCN+WS', 20.0)) for seed in range(3)]
     text = toy_study.seg_markdown(dict(runs=runs, sessions=[]))
     assert ('| GN | 41.0 ± 1.0 (3) | 39.0 ± 1.0 (3) | 49.0 ± 1.0 (3) | 59.0 ± 1.0 (3) | '
