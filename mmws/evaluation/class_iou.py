@@ -1,7 +1,6 @@
 """mmseg's ``IoUMetric`` with each class's IoU among its results, not only in its log table."""
 from typing import Dict, List
 
-import numpy as np
 from mmseg.evaluation import IoUMetric
 
 from ..registry import METRICS
@@ -25,5 +24,5 @@ class ClassIoUMetric(IoUMetric):
         total_areas = [sum(areas) for areas in zip(*results)]
         iou = self.total_area_to_metrics(*total_areas, ['mIoU'], self.nan_to_num, self.beta)['IoU']
         for name, value in zip(self.dataset_meta['classes'], iou):
-            metrics[f'IoU.{name}'] = float(np.round(value * 100, 2))
+            metrics[f'IoU.{name}'] = round(100 * float(value), 2)
         return metrics
