@@ -49,7 +49,7 @@ from common import (RESULTS_DIR, check_targets, machine, max_relative_error, ope
                     utc_now, write_json)
 from mmws import BCN, ConvWS
 from mmws.models.functional import batch_channel_norm_reference
-from render_readme import conv_table, norm_table, operators_table
+from render_performance import conv_table, norm_table, operators_table
 
 GROUPS = 32
 # N×C×S×S: the targets' shapes (ResNet/FPN levels at detection scale), a RoI head's

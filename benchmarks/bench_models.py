@@ -41,7 +41,7 @@ from bench_layers import StdConv2d
 from common import (RESULTS_DIR, check_targets, machine, peak_bytes, revision, saved_bytes,
                     targets_table, time_interleaved, utc_now, write_json)
 from mmws import ConvWS
-from render_readme import backbone_table, steps_table
+from render_performance import backbone_table, steps_table
 
 NORMS = ('BN', 'GN', 'GN+WS', 'BCN+WS')
 GN = dict(type='GN', num_groups=32, requires_grad=True)

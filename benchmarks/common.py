@@ -237,3 +237,15 @@ def _status(target: Mapping) -> str:
 def ratio(row: Mapping, name: str, baseline: str, key: str = 'ms') -> float:
     """``row['variants'][name][key] / row['variants'][baseline][key]``."""
     return row['variants'][name][key] / row['variants'][baseline][key]
+
+
+def replace_block(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with what lies between the lines ``begin`` and ``end`` replaced by ``block``.
+
+    Raises:
+        ValueError: A marker is missing, or ``end`` comes before ``begin``.
+    """
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f'expected the markers {begin!r} and then {end!r}')
+    return text[:start + len(begin)] + '\n' + block.strip('\n') + '\n' + text[stop:]

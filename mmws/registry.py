@@ -6,17 +6,11 @@ these children from any default scope (``mmdet``, ``mmseg``), importing ``mmws.r
 then the ``locations`` on first lookup, so the prefix works even before ``mmws`` was imported.
 mmcv's own root-level ``ConvWS`` is left untouched.
 """
-from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmws', locations=['mmws.models'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmws',
-                    locations=['mmws.datasets'])
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmws',
-                      locations=['mmws.datasets'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mmws', locations=['mmws.evaluation'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmws', locations=['mmws.hooks'])

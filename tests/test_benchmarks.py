@@ -96,12 +96,16 @@ def test_models_schema(results):
     check_targets(payload['targets'])
 
 
-def test_render_readme(results):
-    markdown = finish(start_script('render_readme.py', '--layers', str(results['layers']),
-                                   '--models', str(results['models'])))
+def test_render_performance(results, tmp_path):
+    doc = tmp_path / 'performance.md'
+    doc.write_text('# p\n<!-- performance: rendered by benchmarks/render_performance.py --doc '
+                   'docs/performance.md -->\nold\n<!-- end of performance -->\nend\n')
+    markdown = finish(start_script('render_performance.py', '--layers', str(results['layers']),
+                                   '--models', str(results['models']), '--doc', str(doc)))
     layers = json.loads(results['layers'].read_text())
     models = json.loads(results['models'].read_text())
-    assert markdown.startswith('## Performance')
+    assert markdown.startswith('Regenerate with')
+    assert markdown.strip() in doc.read_text() and 'old' not in doc.read_text()
     assert layers['machine']['cpu'] in markdown
     for target in layers['targets'] + models['targets']:
         assert target['name'] in markdown
@@ -164,27 +168,3 @@ def test_operator_counts_see_compute_and_host_syncs(benchmarks_on_path):
     assert counts['compute'] == 2 and counts['names'] == {'mul': 1, 'sum': 1}
     assert counts['host_syncs'] == 1
     assert operator_counts(lambda: x.view(2, 4).t())['compute'] == 0
-
-
-def test_toy_seg_probe_runs_on_a_saved_classifier(tmp_path):
-    """The probe reads a whole toy classifier checkpoint and reports its two measurements (on a
-    random classifier, a few scenes: the pipeline, not the numbers)."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    import mmws.models.classifier  # noqa: F401
-    from mmws.registry import MODELS
-    init_default_scope('mmdet')
-    root = BENCHMARKS.parent
-    classifier = MODELS.build(
-        Config.fromfile(str(root / 'configs/toy/resnet18_gn_1xb32-toy_cls.py')).model)
-    checkpoint, out = tmp_path / 'classifier.pth', tmp_path / 'probe.json'
-    torch.save(dict(state_dict=classifier.state_dict()), checkpoint)
-    finish(start_script('toy_seg_probe.py', '--classifier', str(checkpoint), '--train-scenes',
-                        '8', '--val-scenes', '4', '--out', str(out)))
-    record = json.loads(out.read_text())
-    assert set(record['classifier_top1_on_val_scene_objects']) == {
-        'box x1.3 (as the training crops)', 'native 64 px window', 'box x2.5'}
-    for probe in record['mask_pooled_linear_probe'].values():
-        assert 0 <= probe['val'] <= 1 and probe['train'] > 0.5  # 512 features fit a few objects
-    assert record['objects']['val'] > 0

@@ -1,7 +1,7 @@
 """Checkpoint converter: synthesized sources in the released layouts, at real R-50/R-101 shapes.
 
 The sources and the reference forward are written here from the layouts and equations of
-``method.md`` (torchvision-style BCN+WS/GN+WS ResNets, Detectron ``.pkl`` names), sharing no
+the paper's authors' released checkpoints (torchvision-style BCN+WS/GN+WS ResNets, Detectron ``.pkl`` names), sharing no
 code with :mod:`mmws.checkpoint`.
 """
 import pickle

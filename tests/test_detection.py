@@ -21,9 +21,9 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
     glob.glob(osp.join(REPO, 'configs/mask_rcnn/*.py')) +
     glob.glob(osp.join(REPO, 'configs/faster_rcnn/*.py')) +
-    glob.glob(osp.join(REPO, 'configs/toy/*coco*.py')))
+    glob.glob(osp.join(REPO, 'projects/toy/configs/*coco*.py')))
 COCO_CONFIGS = [c for c in CONFIGS if '/toy/' not in c]
-TOY_BCN = osp.join(REPO, 'configs/toy/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py')
+TOY_BCN = osp.join(REPO, 'projects/toy/configs/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py')
 IMAGE = 64
 
 
@@ -211,9 +211,9 @@ STEPPED = [
         'faster_rcnn/faster-rcnn_r50_fpn_gn-ws_8xb2-1x_coco.py',
         'faster_rcnn/faster-rcnn_r50_fpn_bcn-ws_8xb2-1x_coco.py',
     )
-] + sorted(glob.glob(osp.join(REPO, 'configs/toy/mask-rcnn_r18_fpn_*-toy_coco.py'))) + [
+] + sorted(glob.glob(osp.join(REPO, 'projects/toy/configs/mask-rcnn_r18_fpn_*-toy_coco.py'))) + [
     # fine-tuning a BN backbone keeps its statistics (norm_eval=True): a model of its own
-    osp.join(REPO, 'configs/toy/mask-rcnn_r18-toypre_fpn_bn_1xb1-toy_coco.py')
+    osp.join(REPO, 'projects/toy/configs/mask-rcnn_r18-toypre_fpn_bn_1xb1-toy_coco.py')
 ]
 
 

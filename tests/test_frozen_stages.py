@@ -15,7 +15,7 @@ from toy_coco_config import toy_coco_header
 from mmws import BCN
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOY_BCN = osp.join(REPO, 'configs/toy/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py')
+TOY_BCN = osp.join(REPO, 'projects/toy/configs/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py')
 ESTIMATES = ('running_mean', 'running_var', 'num_batches_tracked')
 
 TOY_CONFIG = """

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from mmws import BCN, BCNMomentumHook, PreciseBCNHook
 from mmws.hooks import recompute_bcn_estimates
-from mmws.tools.runner import trusted_torch_load
+from mmws.apis.runner import trusted_torch_load
 from test_frozen_stages import toy_config
 
 ESTIMATES = ('running_mean', 'running_var', 'num_batches_tracked')

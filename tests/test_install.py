@@ -5,6 +5,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -96,3 +97,27 @@ def test_cuda_torch_and_nvcc_rebuild_mmcv_with_cuda_ops(tmp_path):
 def test_final_check_runs_the_ops():
     out = bash('check_install', OMP_NUM_THREADS='1')
     assert out.startswith('[mmws install] ok: torch') and '(ops: cpu)' in out
+
+
+def test_the_wheel_holds_the_plugin_only(tmp_path):
+    """``pip wheel .`` packs ``mmws`` and nothing of the toy lab (projects/toy is its own
+    package, installed beside it by make install)."""
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+                    '--quiet', REPO, '-w', str(tmp_path)], check=True, timeout=300,
+                   cwd=str(tmp_path))
+    (wheel, ) = tmp_path.glob('mmws-*.whl')
+    modules = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith('.py')]
+    assert modules and all(n.startswith('mmws/') for n in modules), modules
+    assert not [n for n in modules if 'toy' in n or 'classifier' in n], modules
+    assert 'mmws/models/bcn.py' in modules and 'mmws/hooks/metrics_file.py' in modules
+
+
+def test_the_toy_project_is_importable_from_anywhere(tmp_path):
+    """Configs reach the project through custom_imports without PYTHONPATH, from any
+    working directory (make install puts it in the venv)."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run([sys.executable, '-c', 'import mmws_toy; print(mmws_toy.__file__)'],
+                            cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert osp.join('projects', 'toy', 'mmws_toy') in result.stdout

@@ -1,5 +1,6 @@
 """The README's "own config" snippets, read from README.md: they build offline and initialize as
-the README says (from scratch; from converted BCN+WS weights, faked here), without a mismatch."""
+the README says (from scratch; from converted BCN+WS weights, faked here), without a mismatch; the
+own-dataset one sets the classes everywhere; the mmseg one puts WS and BCN in every slot."""
 import os.path as osp
 import re
 import warnings
@@ -24,18 +25,34 @@ def readme_snippets():
     return re.findall(r'```python\n(.*?)```', section, re.S)
 
 
+def snippet_name(snippet: str) -> str:
+    """The file name a snippet's first comment gives it."""
+    return re.match(r'# (\S+\.py): ', snippet).group(1)
+
+
 @pytest.fixture(scope='module')
-def configs(tmp_path_factory):
-    """The two snippets as config files: the from-scratch one under the name its first comment
-    gives, and the pretrained one, which inherits it by that name."""
-    scratch, pretrained = readme_snippets()
-    name = re.match(r'# (\S+\.py): ', scratch).group(1)
-    assert re.search(rf"^_base_ = '\./{re.escape(name)}'$", pretrained, re.M)
+def snippet_files(tmp_path_factory):
+    """The four snippets as config files: the mmdet from-scratch one, the pretrained and the
+    own-dataset ones (both inherit it by its name), and the mmseg one."""
+    scratch, pretrained, own_data, segmentation = readme_snippets()
+    name = snippet_name(scratch)
+    for child in (pretrained, own_data):
+        assert re.search(rf"^_base_ = '\./{re.escape(name)}'$", child, re.M)
     directory = tmp_path_factory.mktemp('readme')
-    (directory / name).write_text(scratch)
-    (directory / 'pretrained.py').write_text(pretrained)
-    return Config.fromfile(str(directory / name)), Config.fromfile(
-        str(directory / 'pretrained.py'))
+    files = {}
+    for key, text, file_name in (('scratch', scratch, name), ('pretrained', pretrained,
+                                                                 'pretrained.py'),
+                                 ('own_data', own_data, snippet_name(own_data)),
+                                 ('segmentation', segmentation, snippet_name(segmentation))):
+        (directory / file_name).write_text(text)
+        files[key] = str(directory / file_name)
+    return files
+
+
+@pytest.fixture(scope='module')
+def configs(snippet_files):
+    return (Config.fromfile(snippet_files['scratch']),
+            Config.fromfile(snippet_files['pretrained']))
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -111,3 +128,35 @@ def test_the_pretrained_snippet_loads_every_converted_tensor(configs, tmp_path, 
     assert len(frozen_bcns) == 1 + 3 * 3 + 1 and not any(m.training for m in frozen_bcns)
     assert all(p.requires_grad for p in model.backbone.layer2.parameters())
     assert all(m.training for m in model.backbone.layer2.modules() if isinstance(m, BCN))
+
+
+def test_the_own_dataset_snippet_sets_its_classes_everywhere(snippet_files):
+    cfg = Config.fromfile(snippet_files['own_data'])
+    classes = cfg.classes
+    roi_head = cfg.model.roi_head
+    assert roi_head.bbox_head.num_classes == roi_head.mask_head.num_classes == len(classes)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        assert loader.dataset.metainfo['classes'] == classes
+        assert loader.dataset.data_root == cfg.data_root
+    assert cfg.val_evaluator.ann_file == cfg.data_root + cfg.val_dataloader.dataset.ann_file
+    # Still the snippet's model: WS and BCN in the backbone and neck, trained from scratch.
+    model = build_and_init(cfg.model)
+    assert_ws_and_bcn_everywhere(model, eps_inside_sqrt=False)
+
+
+def test_the_mmseg_snippet_puts_ws_and_bcn_in_every_slot(snippet_files):
+    import mmseg.models  # noqa: F401  (registers mmseg's modules)
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(snippet_files['segmentation'])
+    DefaultScope.get_instance('test-readme-seg', scope_name='mmseg')
+    try:
+        model = MODELS.build(cfg.model)
+    finally:
+        DefaultScope._instance_dict.pop('test-readme-seg', None)
+    for part in (model.backbone, model.decode_head, model.auxiliary_head):
+        convs = [m for m in part.modules() if isinstance(m, torch.nn.Conv2d)
+                 and m is not getattr(part, 'conv_seg', None)]
+        norms = [m for m in part.modules()
+                 if isinstance(m, (torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase))]
+        assert convs and all(type(m) is ConvWS for m in convs)
+        assert norms and all(type(m) is BCN for m in norms)

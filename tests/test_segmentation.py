@@ -19,8 +19,8 @@ from mmws import BCN, ConvWS
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 GPU_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'deeplabv3', '*.py')))
-TOY_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'toy', '*voc*.py')))
-TOY_BCN_WS = osp.join(REPO, 'configs', 'toy', 'deeplabv3_r18-d16_bcn-ws_1xb1-toy_voc.py')
+TOY_CONFIGS = sorted(glob.glob(osp.join(REPO, 'projects', 'toy', 'configs', '*voc*.py')))
+TOY_BCN_WS = osp.join(REPO, 'projects', 'toy', 'configs', 'deeplabv3_r18-d16_bcn-ws_1xb1-toy_voc.py')
 CROP = (32, 32)
 NORM_CLASSES = {'mmws.BCN': BCN, 'GN': nn.GroupNorm, 'BN': nn.BatchNorm2d, 'SyncBN': nn.BatchNorm2d}
 
@@ -208,7 +208,7 @@ def test_whole_and_sliding_window_inference_with_bcn_in_eval(toy_model):
 def test_plain_bn_cannot_train_the_image_pool_at_one_image():
     """Why the toy BN run takes 2 images per GPU: BN sees one value per channel in ASPP's
     1x1 image-pool branch, which GN and micro-mode BCN handle (see the step test above)."""
-    cfg = load(osp.join(REPO, 'configs', 'toy', 'deeplabv3_r18-d16_bn_1xb2-toy_voc.py'))
+    cfg = load(osp.join(REPO, 'projects', 'toy', 'configs', 'deeplabv3_r18-d16_bn_1xb2-toy_voc.py'))
     model = build(cfg)
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     model.train()

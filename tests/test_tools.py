@@ -12,12 +12,12 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from mmws.tools import runner as tool
-from mmws.tools.metrics_file import MetricsFileHook
-from mmws.tools.plot import plot_curves, read_losses
+from mmws.apis import runner as tool
+from mmws.hooks.metrics_file import MetricsFileHook
+from mmws.apis.plot import plot_curves, read_losses
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOY_DET = osp.join(REPO, 'configs/toy/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py')
+TOY_DET = osp.join(REPO, 'projects/toy/configs/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py')
 
 
 def test_train_cli_matches_mmdet():
@@ -108,7 +108,7 @@ model = dict(
                      num_classes=5, norm_cfg=norm_cfg,
                      loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
     train_cfg=dict(), test_cfg=dict(mode='whole'))
-dataset = dict(type='mmws.ToyVOCDataset', data_root='{root}', spec=dict(num_train=2, num_val=2,
+dataset = dict(type='mmws_toy.ToyVOCDataset', data_root='{root}', spec=dict(num_train=2, num_val=2,
                size=(48, 48)), data_prefix=dict(img_path='JPEGImages',
                seg_map_path='SegmentationClass'))
 pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),

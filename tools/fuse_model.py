@@ -25,7 +25,7 @@ from mmengine.runner import load_checkpoint
 from torch import Tensor, nn
 
 from mmws.fuse import fuse
-from mmws.tools.runner import trusted_torch_load
+from mmws.apis.runner import trusted_torch_load
 
 ONNX_OUTPUTS = ('tensor', 'features')
 

@@ -133,7 +133,7 @@ import sys
 
 import torch
 from mmcv.ops import RoIAlign, nms
-import mmdet, mmseg, mmengine, mmcv, mmws
+import mmdet, mmseg, mmengine, mmcv, mmws, mmws_toy
 
 devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 for device in devices:
@@ -204,6 +204,12 @@ main() {
         pip install "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" \
             "mmsegmentation==$MMSEG_VERSION" ftfy regex
         pip install --no-build-isolation -e ".[$MMWS_EXTRAS]"
+    fi
+    # The toy lab (projects/toy): its own package, so configs reach it through custom_imports
+    # from any tool and working directory; not part of the mmws wheel.
+    if [[ -z "$(installed_version mmws-toy)" ]]; then
+        log "installing the toy project (projects/toy, editable)"
+        pip install --no-build-isolation --no-deps -e projects/toy
     fi
 
     check_install

@@ -2,7 +2,7 @@
 
     python tools/plot_curves.py WORK_DIR [--out curves.png] [--metrics coco/bbox_mAP ...]
 """
-from mmws.tools.plot import main
+from mmws.apis.plot import main
 
 if __name__ == '__main__':
     main()

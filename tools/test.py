@@ -6,7 +6,7 @@
 
 The metrics are printed and appended to ``<work-dir>/metrics.json``.
 """
-from mmws.tools.runner import distributed_teardown, test
+from mmws.apis.runner import distributed_teardown, test
 
 if __name__ == '__main__':
     with distributed_teardown():

@@ -1,14 +1,8 @@
-# DeepLabV3 R-50-D8, GN+WS, PASCAL VOC 2012 + SBD aug, 512x512 crops, 8 GPUs x 2 images (the total
-# batch of 16 and the lr 0.01 of mmseg's 4xb4 VOC schedule, the paper's total batch).
+# DeepLabV3 R-50-D8, GN+WS, PASCAL VOC 2012 + SBD aug, 512x512 crops, 8 GPUs x 2 images, 40k.
 _base_ = [
-    '../_base_/models/deeplabv3_r50-d8_gn-ws.py', 'mmseg::_base_/datasets/pascal_voc12_aug.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
+    '../_base_/models/deeplabv3_r50-d8_gn-ws.py', '../_base_/datasets/voc12aug-512x512_8xb2-40k.py'
 ]
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
 model = dict(
-    data_preprocessor=data_preprocessor,
-    decode_head=dict(num_classes=21),
-    auxiliary_head=dict(num_classes=21))
-train_dataloader = dict(batch_size=2)
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+    data_preprocessor=dict(size=_base_.crop_size),
+    decode_head=dict(num_classes=_base_.num_classes),
+    auxiliary_head=dict(num_classes=_base_.num_classes))

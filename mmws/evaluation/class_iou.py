@@ -11,7 +11,7 @@ class ClassIoUMetric(IoUMetric):
     """:class:`mmseg.evaluation.IoUMetric`, whose results also hold ``IoU.<class>`` per class.
 
     mmseg logs the per-class IoU as a table only; its results (what MMEngine's loggers, the
-    ``metrics.json`` of :class:`~mmws.tools.metrics_file.MetricsFileHook` and checkpoint
+    ``metrics.json`` of :class:`~mmws.hooks.metrics_file.MetricsFileHook` and checkpoint
     selection see) hold the means. This metric adds, for every class ``c`` of the dataset, the
     value of that table, ``IoU.c = 100 · Σ|P_c ∩ G_c| / Σ|P_c ∪ G_c|`` over the evaluated images
     (rounded to 0.01; NaN for a class in neither predictions nor labels, or ``nan_to_num``), from

@@ -1,6 +1,6 @@
-"""MMEngine hooks for BCN's estimates, registered in :data:`mmws.registry.HOOKS` (scope
-``mmws``)."""
+"""MMEngine hooks of mmws, registered in :data:`mmws.registry.HOOKS` (scope ``mmws``)."""
 from .bcn_momentum import BCNMomentumHook
+from .metrics_file import MetricsFileHook
 from .precise_bcn import PreciseBCNHook, recompute_bcn_estimates
 
-__all__ = ['BCNMomentumHook', 'PreciseBCNHook', 'recompute_bcn_estimates']
+__all__ = ['BCNMomentumHook', 'MetricsFileHook', 'PreciseBCNHook', 'recompute_bcn_estimates']

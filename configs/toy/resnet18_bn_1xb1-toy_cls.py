@@ -1,5 +1,0 @@
-_base_ = [
-    '../_base_/models/toy-cls_r18_bn.py', '../_base_/datasets/toy_classification.py',
-    '../_base_/schedules/toy_cls_micro.py'
-]
-train_dataloader = dict(batch_size=1)

@@ -1,0 +1,1 @@
+"""What the command-line tools in ``tools/`` share: thin CLIs call these functions."""

@@ -1,1 +1,0 @@
-"""Library side of the command-line tools in ``tools/``: thin CLIs call these functions."""
