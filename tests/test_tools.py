@@ -21,7 +21,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import DefaultScope
 
 from mmws.checkpoint.safe_load import (CheckpointError, UnsafeCheckpointError, allowlisted,
-                                       load_checkpoint_file)
+                                       load_checkpoint_file, load_pickle_file)
 from mmws.tools import runner as tool
 from mmws.tools.metrics_file import MetricsFileHook
 from mmws.tools.plot import plot_curves, read_losses
@@ -380,6 +380,22 @@ def test_crafted_checkpoint_is_refused_by_every_tool(tmp_path, tiny_seg, capsys,
     flag = '--trust-source' if tool_name.startswith('convert') else '--trust-checkpoint'
     assert 'pathlib.PosixPath' in error and flag in error, error
     assert not marker.exists() and not osp.exists(out)
+
+
+def test_legacy_format_and_protocol_4_pickles_are_scanned_too(tmp_path):
+    """torch's pre-1.6 format (a sequence of pickles) and a protocol-4 ``.pkl``
+    (``STACK_GLOBAL``): the globals are named before anything is unpickled."""
+    marker = tmp_path / 'touched'
+    legacy, pkl = tmp_path / 'legacy.pth', tmp_path / 'p4.pkl'
+    torch.save({'state_dict': {'w': torch.ones(2)}}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint_file(legacy)['state_dict']['w'], torch.ones(2))
+    torch.save({'note': TouchOnLoad(marker)}, legacy, _use_new_zipfile_serialization=False)
+    pkl.write_bytes(pickle.dumps({'note': TouchOnLoad(marker)}, protocol=4))
+    for load in (lambda: load_checkpoint_file(legacy), lambda: load_pickle_file(pkl)):
+        with pytest.raises(UnsafeCheckpointError) as error:
+            load()
+        assert 'pathlib.PosixPath' in error.value.globals, error.value
+    assert not marker.exists()
 
 
 def test_getattr_is_allowed_only_for_history_buffer_statistics(tmp_path):

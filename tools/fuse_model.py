@@ -34,12 +34,14 @@ from torch import nn
 from mmws.checkpoint.safe_load import TRUST_FLAG, CheckpointError, safe_loading
 from mmws.export import ONNX_OUTPUTS, check_onnx, export_onnx, image_batch
 from mmws.fuse import fuse
+from mmws.tools.config_check import UnknownTypeError, check_model_types
 
 
 def build_model(config: str, checkpoint: str, trust: bool = False) -> nn.Module:
     """Build the config's model in its ``default_scope`` and load the checkpoint strictly
     (safely unless ``trust``: :func:`mmws.checkpoint.safe_loading`)."""
     cfg = Config.fromfile(config)  # runs custom_imports: registers mmws
+    check_model_types(cfg)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
         model = MODELS.build(cfg.model)
     with safe_loading(trust):
@@ -113,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         model = build_model(args.config, args.checkpoint, args.trust_checkpoint)
-    except CheckpointError as error:
+    except (CheckpointError, UnknownTypeError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
     fused = fuse(copy.deepcopy(model))

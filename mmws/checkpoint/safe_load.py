@@ -184,7 +184,8 @@ def unsafe_globals(path: PathLike, kind: str, allowlist: Optional[List] = None) 
         if kind == 'zip':
             return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     allowed = _allowed_names(SAFE_GLOBALS if allowlist is None else allowlist)
-    # torch's legacy format: magic number, protocol, system info, then the object.
+    # torch's legacy format: magic number, protocol, system info, then the object. torch's
+    # own names (its defaults) are left to torch.load, which refuses any it does not allow.
     with open(path, 'rb') as f:
         found = _pickle_globals(f, count=4)
     return [name for name in found
@@ -310,10 +311,11 @@ def safe_loading(trust: bool = False, flag: str = TRUST_FLAG) -> Iterator[None]:
     from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
     previous = CheckpointLoader._get_checkpoint_loader('')
 
-    def load_local(filename: str, map_location: Any = None) -> Any:
+    # MMEngine logs 'Loads checkpoint by <name[10:]> backend': 'local_weights_only'.
+    def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any:
         return load_checkpoint_file(filename, map_location, trust, flag)
 
-    CheckpointLoader.register_scheme('', load_local, force=True)
+    CheckpointLoader.register_scheme('', load_from_local_weights_only, force=True)
     try:
         with allowlisted():
             yield

@@ -18,6 +18,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.logging import print_log
+from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import DefaultScope, Registry
 
 #: Config keys whose ``type`` mmcv's layer builders look up in ``MODELS``.
@@ -95,8 +96,11 @@ def _unknown(name: str, where: str, registry: Registry) -> UnknownTypeError:
         f"{registry.scope!r}, its parents, or the scope its prefix names{hint}")
 
 
-def toolbox_models(scope: str) -> Registry:
-    """The ``MODELS`` registry of a toolbox scope (``'mmdet'``, ``'mmseg'``)."""
+def toolbox_models(scope: Optional[str]) -> Registry:
+    """The ``MODELS`` registry of a toolbox scope (``'mmdet'``, ``'mmseg'``); MMEngine's root
+    registry without a scope."""
+    if scope is None:
+        return MMENGINE_MODELS
     return importlib.import_module(f'{scope}.registry').MODELS
 
 
