@@ -466,10 +466,17 @@ def test_unknown_layer_type_names_type_scope_and_closest(tiny_seg, capsys, optio
     assert first.startswith(f"'{closest}' (mmws.models."), error
 
 
-def test_unknown_model_type_gets_closest_names(tiny_seg, capsys):
-    assert tool.main(tool.train, [tiny_seg, '--cfg-options', 'model.type=EncoderDecodr']) == 1
+@pytest.mark.parametrize('option, name, closest', [
+    ('model.type=EncoderDecodr', 'EncoderDecodr', 'EncoderDecoder'),  # built with the runner
+    ('train_dataloader.dataset.type=mmws.ToyVocDataset', 'mmws.ToyVocDataset',
+     'mmws.ToyVOCDataset'),  # built when training starts
+])
+def test_other_unknown_types_get_closest_names(tmp_path, tiny_seg, capsys, option, name,
+                                               closest):
+    assert tool.main(tool.train, [tiny_seg, '--work-dir', str(tmp_path / 'work'),
+                                  '--cfg-options', option]) == 1
     error = capsys.readouterr().err
-    assert "unknown type 'EncoderDecodr'" in error and "'EncoderDecoder'" in error, error
+    assert f"unknown type '{name}'" in error and f"'{closest}'" in error, error
 
 
 def test_unprefixed_convws_next_to_mmws_warns_once(tiny_seg, monkeypatch):

@@ -14,6 +14,7 @@ import difflib
 import importlib
 import logging
 import re
+from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config
@@ -152,3 +153,17 @@ def explain_unknown_type(error: KeyError) -> Optional[UnknownTypeError]:
     if not registries:
         return None
     return _unknown(name, 'the config', registries[0])
+
+
+@contextmanager
+def unknown_types_explained() -> Iterator[None]:
+    """Re-raise MMEngine's unknown-type ``KeyError`` inside the block as
+    :class:`UnknownTypeError` with the closest registered names (:func:`explain_unknown_type`);
+    for what a runner builds late (datasets, transforms, metrics, hooks)."""
+    try:
+        yield
+    except KeyError as error:
+        explained = explain_unknown_type(error)
+        if explained is None:
+            raise
+        raise explained from None

@@ -41,7 +41,7 @@ from mmengine.runner import Runner
 
 import mmws  # noqa: F401  (registers mmws.* for configs without custom_imports)
 from ..checkpoint.safe_load import TRUST_FLAG, CheckpointError, check_file, safe_loading
-from .config_check import UnknownTypeError, check_model_types, explain_unknown_type
+from .config_check import UnknownTypeError, check_model_types, unknown_types_explained
 from .metrics_file import MetricsFileHook
 
 TOOLBOXES = ('mmdet', 'mmseg')
@@ -300,17 +300,12 @@ def build_runner(cfg: Config) -> Runner:
     """The runner the config's toolbox would build, with :class:`MetricsFileHook`, after
     :func:`~mmws.tools.config_check.check_model_types`."""
     check_model_types(cfg)
-    try:
+    with unknown_types_explained():
         if 'runner_type' in cfg:
             registry = importlib.import_module(f'{toolbox_of(cfg)}.registry')
             runner = registry.RUNNERS.build(cfg)
         else:
             runner = Runner.from_cfg(cfg)
-    except KeyError as error:
-        explained = explain_unknown_type(error)
-        if explained is None:
-            raise
-        raise explained from None
     runner.register_hook(MetricsFileHook())
     return runner
 
@@ -320,7 +315,7 @@ def train(argv: Optional[List[str]] = None) -> Runner:
     args = parse_train_args(argv)
     cfg = apply_train_args(load_config(args), args)
     prepare_environment(cfg, args)
-    with safe_loading(args.trust_checkpoint):
+    with safe_loading(args.trust_checkpoint), unknown_types_explained():
         runner = build_runner(cfg)
         runner.train()
     return runner
@@ -333,7 +328,7 @@ def test(argv: Optional[List[str]] = None) -> dict:
         check_file(args.checkpoint)
     cfg = apply_test_args(load_config(args), args)
     prepare_environment(cfg, args)
-    with safe_loading(args.trust_checkpoint):
+    with safe_loading(args.trust_checkpoint), unknown_types_explained():
         runner = build_runner(cfg)
         if args.out is not None and toolbox_of(cfg) == 'mmdet':
             if not args.out.endswith(('.pkl', '.pickle')):
