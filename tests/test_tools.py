@@ -21,7 +21,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import DefaultScope
 
 from mmws.checkpoint.safe_load import (CheckpointError, UnsafeCheckpointError, allowlisted,
-                                       load_checkpoint_file, load_pickle_file)
+                                       load_checkpoint_file, load_pickle_file, safe_loading)
 from mmws.tools import runner as tool
 from mmws.tools.metrics_file import MetricsFileHook
 from mmws.tools.plot import plot_curves, read_losses
@@ -334,6 +334,29 @@ def test_toy_run_checkpoints_load_weights_only(tmp_path, tiny_seg, monkeypatch, 
     assert calls == [True] * 4 and 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
     records = json.loads(open(osp.join(resumed, 'metrics.json')).read())
     assert [(r['mode'], r['iter']) for r in records][0] == ('val', 4)  # resumed at 2
+
+
+def test_safe_loading_restores_mmengine_loader_and_nests():
+    from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
+    with safe_loading():
+        inner = CheckpointLoader._get_checkpoint_loader('x.pth')
+        assert inner is not load_from_local
+        with safe_loading(trust=True):
+            assert CheckpointLoader._get_checkpoint_loader('x.pth') not in (inner,
+                                                                            load_from_local)
+        assert CheckpointLoader._get_checkpoint_loader('x.pth') is inner
+    assert CheckpointLoader._get_checkpoint_loader('x.pth') is load_from_local
+
+
+def test_allowlist_leaves_the_processes_own_entries():
+    """``import mmws`` adds nothing to torch's allowlist; a block adds SAFE_GLOBALS and on exit
+    removes only what it added."""
+    before = set(torch.serialization.get_safe_globals())
+    assert not before & {np.ndarray, HistoryBuffer}
+    with torch.serialization.safe_globals([np.ndarray]):  # the process's own entry
+        with allowlisted():
+            assert {np.ndarray, HistoryBuffer} <= set(torch.serialization.get_safe_globals())
+        assert set(torch.serialization.get_safe_globals()) == before | {np.ndarray}
 
 
 def crafted_files(tmp_path, marker):

@@ -308,7 +308,9 @@ def safe_loading(trust: bool = False, flag: str = TRUST_FLAG) -> Iterator[None]:
     (``https://``, ``open-mmlab://``) keep MMEngine's loaders, which call ``torch.load`` with
     torch's default ``weights_only=True``; inside the block that load has the allowlist too.
     """
-    from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    # What MMEngine would call for a local path now (its own loader, or an outer block's).
     previous = CheckpointLoader._get_checkpoint_loader('')
 
     # MMEngine logs 'Loads checkpoint by <name[10:]> backend': 'local_weights_only'.
@@ -320,4 +322,4 @@ def safe_loading(trust: bool = False, flag: str = TRUST_FLAG) -> Iterator[None]:
         with allowlisted():
             yield
     finally:
-        CheckpointLoader.register_scheme('', previous or load_from_local, force=True)
+        CheckpointLoader.register_scheme('', previous, force=True)
