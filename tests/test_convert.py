@@ -400,3 +400,28 @@ def test_unconvertible_sources_are_refused(edit, message):
 def test_unknown_layout_name_is_refused():
     with pytest.raises(ConversionError, match="got 'caffe'"):
         convert_state_dict({}, layout='caffe')
+
+
+def test_training_checkpoint_is_named_with_what_to_do(tmp_path, capsys):
+    from mmengine.logging import HistoryBuffer
+    state = {f'backbone.{k}': v for k, v in make_torchvision_source(18, 'gn').items()}
+    state['decode_head.conv_seg.weight'] = torch.zeros(2, 8, 1, 1)
+    src, out = tmp_path / 'iter_300.pth', tmp_path / 'out.pth'
+    torch.save({'meta': {'iter': 300}, 'state_dict': state, 'optimizer': {'state': {}},
+                'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0], [1])}}}, src)
+    assert runpy.run_path(str(TOOL))['main']([str(src), str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f'{src} is an MMEngine training checkpoint' in error
+    assert 'model parts backbone, decode_head' in error and 'needs no conversion' in error
+    assert f"load_from='{src}'" in error and "prefix='backbone.'" in error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.pkl'])
+def test_garbage_source_is_named(tmp_path, capsys, suffix):
+    src, out = tmp_path / f'src{suffix}', tmp_path / 'out.pth'
+    src.write_text('garbage\n')
+    assert runpy.run_path(str(TOOL))['main']([str(src), str(out)]) == 1
+    error = capsys.readouterr().err
+    assert str(src) in error and 'expected' in error
+    assert 'weights_only=False will likely succeed' not in error and not out.exists()

@@ -1,4 +1,5 @@
-"""``mmws.fuse``: WS/BCN folded into plain layers give the same outputs, and export to ONNX.
+"""``mmws.fuse``: WS/BCN folded into plain layers give the same outputs, and export to ONNX
+(``mmws.export``) with dynamic batch and size, checked against the unfused model.
 
 Models are built from mmdet's / mmseg's own configs with BCN+WS deltas, at small depth and
 image size, with every norm's parameters and estimates randomized so the folding is not the
@@ -9,6 +10,8 @@ import os
 import runpy
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -17,6 +20,7 @@ from mmengine.registry import MODELS, DefaultScope
 from torch import nn
 
 from mmws import BCN, ConvWS
+from mmws.export import check_onnx, export_onnx
 from mmws.fuse import ChannelAffine, fuse
 
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'fuse_model.py'
@@ -157,13 +161,17 @@ def test_mask_rcnn_predict_unchanged(tmp_path):
         assert_within(mask_logits[1], mask_logits[0])
         features = model.extract_feat(inputs)
 
-    # Backbone + neck of the fused detector in onnxruntime (its tensor mode needs metas).
-    export_onnx = runpy.run_path(str(TOOL))['export_onnx']
-    diffs = export_onnx(fused, inputs, str(tmp_path / 'mask_rcnn.onnx'), output='features')
-    assert len(diffs) == len(features) == 5
-    for (diff, scale), feature in zip(diffs, features):
-        assert diff <= 1e-5 * max(1.0, scale) and scale == pytest.approx(
-            float(feature.abs().max()), rel=1e-5)
+    # Backbone + neck of the fused detector in onnxruntime (its tensor mode needs metas),
+    # against the unfused detector, at the export shape and another batch and size.
+    path = str(tmp_path / 'mask_rcnn.onnx')
+    export_onnx(fused, inputs, path, output='features')
+    other = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(4))
+    checks = check_onnx(path, model, [inputs, other], output='features')
+    assert [check.shape for check in checks] == [(1, 3, 128, 128), (2, 3, 96, 160)]
+    for check in checks:
+        assert len(check.errors) == 5 and check.relative_error() <= 1e-5
+    assert [scale for _, scale in checks[0].errors] == pytest.approx(
+        [float(feature.abs().max()) for feature in features], rel=1e-5)
 
 
 def test_deeplabv3_logits_unchanged(tmp_path):
@@ -179,37 +187,70 @@ def test_deeplabv3_logits_unchanged(tmp_path):
                       model.auxiliary_head(model.extract_feat(inputs)))
 
 
-def test_tool_writes_fused_checkpoint_and_onnx(tmp_path, capsys, monkeypatch):
+TOY_TEST_SET = """
+test_dataloader = dict(dataset=dict(
+    _delete_=True, type='mmws_toy.ToyVOCDataset', data_root={root!r},
+    spec=dict(num_train=1, num_val=2, size=(64, 64)), ann_file='ImageSets/Segmentation/val.txt',
+    data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'), pipeline=[]))
+"""
+
+
+def trained_checkpoint(model, path):
+    """A training checkpoint of ``model``: besides tensors, the message hub's HistoryBuffer
+    (which plain ``torch.load(weights_only=True)`` refuses)."""
+    torch.save({'state_dict': model.state_dict(), 'meta': {'epoch': 1},
+                'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0], [1])}}}, path)
+    return str(path)
+
+
+def test_tool_writes_fused_checkpoint_and_dynamic_onnx(tmp_path, capsys, monkeypatch):
+    """The ONNX file takes any batch and size, and is checked against the unfused model on the
+    config's toy test images at 2 sizes x 2 batch sizes."""
     import onnxruntime
     monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
-    name, output, shape = 'deeplabv3', 'tensor', (1, 3, 64, 64)
-    config = write_config(tmp_path, DEEPLABV3, name)
+    config = write_config(tmp_path, DEEPLABV3 + TOY_TEST_SET.format(root=str(tmp_path / 'voc')),
+                          'deeplabv3')
     model = randomize(build(config))
-    checkpoint = tmp_path / 'trained.pth'
-    # A training checkpoint: objects besides tensors, which torch.load(weights_only) refuses.
-    torch.save({'state_dict': model.state_dict(), 'meta': {'epoch': 1},
-                'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0], [1])}}}, checkpoint)
-    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
-    fused_path, onnx_path = tmp_path / 'fused.pth', tmp_path / f'{name}.onnx'
+    checkpoint = trained_checkpoint(model, tmp_path / 'trained.pth')
+    fused_path, onnx_path = tmp_path / 'fused.pth', tmp_path / 'deeplabv3.onnx'
     tool = runpy.run_path(str(TOOL))
-    assert tool['main']([config, str(checkpoint), '--out', str(fused_path), '--onnx',
-                         str(onnx_path), '--shape', *map(str, shape), '--onnx-output',
-                         output]) == 0
-    assert 'output0: max |torch - onnxruntime|' in capsys.readouterr().out
-    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ  # restored
+    assert tool['main']([config, checkpoint, '--out', str(fused_path), '--onnx',
+                         str(onnx_path), '--shape', '1', '3', '64', '64']) == 0
+    printed = capsys.readouterr().out
+    for shape in ('1x3x64x64', '2x3x64x64', '1x3x96x128', '2x3x96x128'):
+        assert f'{shape}: output0 max |onnx - reference|' in printed, printed
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
 
     # The fused state dict loads strictly into a fused model built from the config.
     rebuilt = fuse(build(config))
     rebuilt.load_state_dict(torch.load(fused_path)['state_dict'], strict=True)
-    inputs = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+    # A third shape, not among the checked ones: onnxruntime against the unfused model.
+    inputs = torch.randn(3, 3, 32, 160, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        expected = tool['TensorForward'](model, output)(inputs)
-        ours = tool['TensorForward'](rebuilt, output)(inputs)
-    expected = [expected] if torch.is_tensor(expected) else list(expected)
-    ours = [ours] if torch.is_tensor(ours) else list(ours)
+        expected = model.decode_head(model.extract_feat(inputs))
+        assert_within(rebuilt.decode_head(rebuilt.extract_feat(inputs)), expected)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    onnx_outputs = session.run(None, {'inputs': inputs.numpy()})
-    assert len(onnx_outputs) == len(expected) > 0
-    for a, b, e in zip(onnx_outputs, ours, expected):
-        assert_within(b, e)
-        assert_within(torch.from_numpy(a), e)
+    (actual, ) = session.run(None, {'inputs': inputs.numpy()})
+    assert_within(torch.from_numpy(actual), expected)
+
+    # --static: the file takes the --shape batch only; the check runs at that shape.
+    static_path = tmp_path / 'static.onnx'
+    assert tool['main']([config, checkpoint, '--onnx', str(static_path), '--static',
+                         '--shape', '1', '3', '64', '64']) == 0
+    assert capsys.readouterr().out.count('max |onnx - reference|') == 1
+    session = onnxruntime.InferenceSession(str(static_path), providers=['CPUExecutionProvider'])
+    with pytest.raises(Exception, match='(?i)dimension|shape'):
+        session.run(None, {'inputs': inputs[:2, :, :, :64].numpy()})
+
+
+def test_tool_fails_a_check_beyond_its_tolerance(tmp_path, capsys):
+    """Fused and unfused differ by rounding: a tolerance of 0 fails the check."""
+    config = write_config(tmp_path, DEEPLABV3, 'deeplabv3')
+    checkpoint = trained_checkpoint(randomize(build(config)), tmp_path / 'trained.pth')
+    image = tmp_path / 'image.png'
+    cv2.imwrite(str(image), (np.arange(48 * 40 * 3) % 251).astype(np.uint8).reshape(48, 40, 3))
+    tool = runpy.run_path(str(TOOL))
+    args = [config, checkpoint, '--onnx', str(tmp_path / 'm.onnx'), '--shape', '1', '3', '32',
+            '32', '--check-images', str(image)]
+    assert tool['main'](args + ['--tolerance', '0']) == 1
+    assert 'differs from the unfused model' in capsys.readouterr().err

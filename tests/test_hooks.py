@@ -28,8 +28,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmws import BCN, BCNMomentumHook, PreciseBCNHook
+from mmws.checkpoint import safe_loading
 from mmws.hooks import recompute_bcn_estimates
-from mmws.apis.runner import trusted_torch_load
 from test_frozen_stages import toy_config
 
 ESTIMATES = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -402,7 +402,7 @@ def test_momentum_schedule_in_training_and_after_resume(tmp_path):
 
     resumed = build_runner(tmp_path / 'resumed', train_cfg, [hook],
                            resume_from=str(tmp_path / 'iter_2.pth'))
-    with trusted_torch_load():
+    with safe_loading():
         resumed.train()
     assert resumed.model.momenta == expected[2:]
 

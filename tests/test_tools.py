@@ -3,21 +3,33 @@
 import glob
 import importlib
 import json
+import os
 import os.path as osp
+import pathlib
+import pickle
+import runpy
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import HistoryBuffer
 from mmengine.registry import DefaultScope
 
+from mmws.checkpoint.safe_load import (CheckpointError, UnsafeCheckpointError, allowlisted,
+                                       load_checkpoint_file, load_pickle_file, safe_loading)
 from mmws.apis import runner as tool
 from mmws.hooks.metrics_file import MetricsFileHook
 from mmws.apis.plot import plot_curves, read_losses
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_DET = osp.join(REPO, 'projects/toy/configs/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco.py')
+FUSE_TOOL = osp.join(REPO, 'tools/fuse_model.py')
+CONVERT_TOOL = osp.join(REPO, 'tools/convert_checkpoint.py')
 
 
 def test_train_cli_matches_mmdet():
@@ -33,13 +45,14 @@ def test_train_cli_matches_mmdet():
     assert tool.parse_train_args(['cfg.py']).resume is None
 
 
-def test_config_options_work_dir_and_train_flags():
+def test_config_options_work_dir_and_train_flags(monkeypatch):
     args = tool.parse_train_args([TOY_DET, '--cfg-options', 'train_cfg.max_epochs=5'])
     cfg = tool.load_config(args)
     assert cfg.train_cfg.max_epochs == 5 and cfg.launcher == 'none'
     assert cfg.work_dir == './work_dirs/mask-rcnn_r18_fpn_bcn-ws_1xb1-toy_coco'
     args = tool.parse_train_args([TOY_DET, '--work-dir', 'x', '--amp', '--auto-scale-lr',
                                   '--resume', 'ckpt.pth'])
+    monkeypatch.setattr(tool, 'get_device', lambda: 'cuda')  # --amp is accelerator-only
     cfg = tool.apply_train_args(tool.load_config(args), args)
     assert cfg.work_dir == 'x' and cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.auto_scale_lr.enable and (cfg.resume, cfg.load_from) == (True, 'ckpt.pth')
@@ -258,3 +271,246 @@ def test_show_and_tta_need_their_config_entries(seg_config_and_checkpoint):
         tool.apply_test_args(cfg, args)
     with pytest.raises(ValueError, match='visualization hook'):
         tool.apply_test_args(cfg, tool.parse_test_args([config, checkpoint, '--show']))
+
+
+# -- safe checkpoint loading, named errors ----------------------------------------------------
+class TouchOnLoad:
+    """What a crafted checkpoint does: unpickling it creates a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (pathlib.Path(self.path), )
+
+
+class HistoryBufferInit:
+    """Names only allowlisted globals, but calls ``getattr`` beyond HistoryBuffer's statistics
+    methods: ``getattr(HistoryBuffer, 'update')``."""
+
+    def __reduce__(self):
+        return getattr, (HistoryBuffer, 'update')
+
+
+@pytest.fixture
+def tiny_seg(tmp_path):
+    """The tiny mmseg config; its toy data is written on first use."""
+    cfg_file = tmp_path / 'tiny_seg.py'
+    cfg_file.write_text(MMSEG_CONFIG.replace('{root}', str(tmp_path / 'voc')))
+    return str(cfg_file)
+
+
+def test_toy_run_checkpoints_load_weights_only(tmp_path, tiny_seg, monkeypatch, capsys):
+    """Train, --resume, test and fuse: every torch.load is weights_only=True, with no global
+    outside the allowlist, and no process-wide opt-out."""
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    calls = []
+    torch_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('weights_only'))
+        return torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', spy)
+    work = str(tmp_path / 'work')
+    assert tool.main(tool.train, [tiny_seg, '--work-dir', work]) == 0
+    checkpoint = osp.join(work, 'iter_2.pth')
+    with allowlisted():
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint) == []
+    assert 'builtins.getattr' in torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint)
+    saved = load_checkpoint_file(checkpoint)
+    assert isinstance(saved['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
+    assert calls == [True]
+
+    resumed = str(tmp_path / 'resumed')
+    assert tool.main(tool.train, [tiny_seg, '--work-dir', resumed, '--resume', checkpoint,
+                                  '--cfg-options', 'train_cfg.max_iters=4']) == 0
+    assert osp.exists(osp.join(resumed, 'iter_4.pth'))
+    assert tool.main(tool.test, [tiny_seg, osp.join(resumed, 'iter_4.pth'), '--work-dir',
+                                 resumed]) == 0
+    fuse_tool = runpy.run_path(str(FUSE_TOOL))
+    assert fuse_tool['main']([tiny_seg, osp.join(resumed, 'iter_4.pth'), '--out',
+                              str(tmp_path / 'fused.pth')]) == 0
+    assert calls == [True] * 4 and 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
+    records = json.loads(open(osp.join(resumed, 'metrics.json')).read())
+    assert [(r['mode'], r['iter']) for r in records][0] == ('val', 4)  # resumed at 2
+
+
+def test_safe_loading_restores_mmengine_loader_and_nests():
+    from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
+    with safe_loading():
+        inner = CheckpointLoader._get_checkpoint_loader('x.pth')
+        assert inner is not load_from_local
+        with safe_loading(trust=True):
+            assert CheckpointLoader._get_checkpoint_loader('x.pth') not in (inner,
+                                                                            load_from_local)
+        assert CheckpointLoader._get_checkpoint_loader('x.pth') is inner
+    assert CheckpointLoader._get_checkpoint_loader('x.pth') is load_from_local
+
+
+def test_allowlist_leaves_the_processes_own_entries():
+    """``import mmws`` adds nothing to torch's allowlist; a block adds SAFE_GLOBALS and on exit
+    removes only what it added."""
+    before = set(torch.serialization.get_safe_globals())
+    assert not before & {np.ndarray, HistoryBuffer}
+    with torch.serialization.safe_globals([np.ndarray]):  # the process's own entry
+        with allowlisted():
+            assert {np.ndarray, HistoryBuffer} <= set(torch.serialization.get_safe_globals())
+        assert set(torch.serialization.get_safe_globals()) == before | {np.ndarray}
+
+
+def crafted_files(tmp_path, marker):
+    """A training checkpoint and a Detectron .pkl whose pickles touch ``marker``."""
+    checkpoint, pkl = tmp_path / 'crafted.pth', tmp_path / 'crafted.pkl'
+    torch.save({'state_dict': {}, 'meta': {'note': TouchOnLoad(marker)}}, checkpoint)
+    with pkl.open('wb') as f:
+        pickle.dump({'blobs': {'conv1_w': np.zeros(3)}, 'note': TouchOnLoad(marker)}, f,
+                    protocol=2)
+    return str(checkpoint), str(pkl)
+
+
+def test_crafted_files_are_real(tmp_path):
+    marker = tmp_path / 'touched'
+    checkpoint, pkl = crafted_files(tmp_path, marker)
+    load_checkpoint_file(checkpoint, trust=True)  # what --trust-checkpoint would do
+    assert marker.exists()
+    marker.unlink()
+    with open(pkl, 'rb') as f:
+        pickle.load(f)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('tool_name', ['train load_from', 'train --resume', 'test', 'fuse',
+                                       'convert', 'convert .pkl'])
+def test_crafted_checkpoint_is_refused_by_every_tool(tmp_path, tiny_seg, capsys, tool_name):
+    marker = tmp_path / 'touched'
+    checkpoint, pkl = crafted_files(tmp_path, marker)
+    work, out = str(tmp_path / 'work'), str(tmp_path / 'out.pth')
+    runs = {
+        'train load_from': lambda: tool.main(tool.train, [tiny_seg, '--work-dir', work,
+                                                          '--cfg-options',
+                                                          f'load_from={checkpoint}']),
+        'train --resume': lambda: tool.main(tool.train, [tiny_seg, '--work-dir', work,
+                                                         '--resume', checkpoint]),
+        'test': lambda: tool.main(tool.test, [tiny_seg, checkpoint, '--work-dir', work]),
+        'fuse': lambda: runpy.run_path(str(FUSE_TOOL))['main']([tiny_seg, checkpoint,
+                                                                '--out', out]),
+        'convert': lambda: runpy.run_path(str(CONVERT_TOOL))['main']([checkpoint, out]),
+        'convert .pkl': lambda: runpy.run_path(str(CONVERT_TOOL))['main']([pkl, out]),
+    }
+    assert runs[tool_name]() == 1
+    error = capsys.readouterr().err
+    flag = '--trust-source' if tool_name.startswith('convert') else '--trust-checkpoint'
+    assert 'pathlib.PosixPath' in error and flag in error, error
+    assert not marker.exists() and not osp.exists(out)
+
+
+def test_legacy_format_and_protocol_4_pickles_are_scanned_too(tmp_path):
+    """torch's pre-1.6 format (a sequence of pickles) and a protocol-4 ``.pkl``
+    (``STACK_GLOBAL``): the globals are named before anything is unpickled."""
+    marker = tmp_path / 'touched'
+    legacy, pkl = tmp_path / 'legacy.pth', tmp_path / 'p4.pkl'
+    torch.save({'state_dict': {'w': torch.ones(2)}}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint_file(legacy)['state_dict']['w'], torch.ones(2))
+    torch.save({'note': TouchOnLoad(marker)}, legacy, _use_new_zipfile_serialization=False)
+    pkl.write_bytes(pickle.dumps({'note': TouchOnLoad(marker)}, protocol=4))
+    for load in (lambda: load_checkpoint_file(legacy), lambda: load_pickle_file(pkl)):
+        with pytest.raises(UnsafeCheckpointError) as error:
+            load()
+        assert 'pathlib.PosixPath' in error.value.globals, error.value
+    assert not marker.exists()
+
+
+def test_getattr_is_allowed_only_for_history_buffer_statistics(tmp_path):
+    path = tmp_path / 'getattr.pth'
+    torch.save({'state_dict': {}, 'hook': HistoryBufferInit()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"getattr\(.*HistoryBuffer.*'update'\)"):
+        load_checkpoint_file(path)
+    buffer = HistoryBuffer([1.0, 2.0], [1, 1])
+    torch.save({'buffer': buffer, 'scalar': np.float64(0.5), 'int': np.int64(3)}, path)
+    loaded = load_checkpoint_file(path)
+    assert loaded['buffer'].mean() == 1.5 and loaded['scalar'] == 0.5 and loaded['int'] == 3
+
+
+def _truncated(path):
+    torch.save({'state_dict': {'w': torch.zeros(1000)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize('make, cause', [
+    (lambda p: None, 'does not exist'),
+    (lambda p: p.write_bytes(b''), r'is empty \(0 bytes\)'),
+    (_truncated, 'truncated or corrupt'),
+    (lambda p: p.write_text('garbage\n'), r"is not a checkpoint \(it starts with b'garbage"),
+    (lambda p: p.mkdir(), 'is a directory'),
+    (lambda p: p.write_bytes(pickle.dumps({'a': 1}, protocol=2)), 'not a readable checkpoint'),
+])
+def test_bad_checkpoint_files_name_path_and_expectation(tmp_path, make, cause):
+    path = tmp_path / 'model.pth'
+    make(path)
+    with pytest.raises(CheckpointError, match=cause) as error:
+        load_checkpoint_file(path)
+    assert str(path) in str(error.value) and 'expected a PyTorch checkpoint' in str(error.value)
+    assert 'weights_only=False will likely succeed' not in str(error.value)
+
+
+def test_test_cli_on_a_garbage_file_says_what_it_is(tmp_path, tiny_seg):
+    garbage = tmp_path / 'garbage.pth'
+    garbage.write_text('garbage\n')
+    result = subprocess.run([sys.executable, osp.join(REPO, 'tools/test.py'), tiny_seg,
+                             str(garbage), '--work-dir', str(tmp_path / 'work')],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: {garbage} is not a checkpoint'), result.stderr
+
+
+def test_amp_without_an_accelerator_stops_in_one_line(tiny_seg, capsys):
+    assert tool.main(tool.train, [tiny_seg, '--amp']) == 1
+    error = capsys.readouterr().err
+    assert error.count('\n') == 1 and '--amp needs a cuda/npu/mlu/musa device' in error
+    assert 'found cpu' in error
+
+
+@pytest.mark.parametrize('option, name, closest', [
+    ('model.backbone.norm_cfg.type=BCN', 'BCN', 'mmws.BCN'),
+    ('model.decode_head.norm_cfg.type=mmws.BNC', 'mmws.BNC', 'mmws.BCN'),
+    ('model.backbone.conv_cfg.type=mmws.ConvWs', 'mmws.ConvWs', 'mmws.ConvWS'),
+])
+def test_unknown_layer_type_names_type_scope_and_closest(tiny_seg, capsys, option, name,
+                                                         closest):
+    assert tool.main(tool.train, [tiny_seg, '--cfg-options', option]) == 1
+    error = capsys.readouterr().err
+    where = option.split('.type=')[0]
+    assert f"unknown type '{name}' in {where}" in error and "scope 'mmseg'" in error, error
+    first = error.split('closest registered names: ')[1]
+    assert first.startswith(f"'{closest}' (mmws.models."), error
+
+
+@pytest.mark.parametrize('option, name, closest', [
+    ('model.type=EncoderDecodr', 'EncoderDecodr', 'EncoderDecoder'),  # built with the runner
+    ('train_dataloader.dataset.type=mmws.ToyVocDataset', 'mmws.ToyVocDataset',
+     'mmws_toy.ToyVOCDataset'),  # built when training starts
+])
+def test_other_unknown_types_get_closest_names(tmp_path, tiny_seg, capsys, option, name,
+                                               closest):
+    assert tool.main(tool.train, [tiny_seg, '--work-dir', str(tmp_path / 'work'),
+                                  '--cfg-options', option]) == 1
+    error = capsys.readouterr().err
+    assert f"unknown type '{name}'" in error and f"'{closest}'" in error, error
+
+
+def test_unprefixed_convws_next_to_mmws_warns_once(tiny_seg, monkeypatch):
+    from mmws.apis import config_check
+    warnings = []
+    monkeypatch.setattr(config_check, 'print_log',
+                        lambda message, **kwargs: warnings.append(message))
+    cfg = Config.fromfile(tiny_seg)
+    config_check.check_model_types(cfg)
+    assert warnings == []
+    cfg.merge_from_dict({'model.backbone.conv_cfg.type': 'ConvWS'})
+    config_check.check_model_types(cfg)
+    assert len(warnings) == 1 and 'ConvWS2d' in warnings[0] and 'mmws.ConvWS' in warnings[0]
+    assert warnings[0].startswith('model.backbone.conv_cfg')

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from mmws.checkpoint import LAYOUTS, ConversionError, convert_checkpoint
+from mmws.checkpoint import LAYOUTS, CheckpointError, ConversionError, convert_checkpoint
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -23,7 +23,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--allow-partial', action='store_true',
                         help='write the checkpoint even if tensors are left over or missing')
     parser.add_argument('--trust-source', action='store_true',
-                        help='load a .pth with torch.load(weights_only=False) (runs its pickle)')
+                        help='unpickle the source without restriction (runs code the file names:'
+                        ' only for files you trust); by default a .pth may hold only tensors and '
+                        'the types MMEngine checkpoints hold, a .pkl only numpy arrays')
     return parser.parse_args(argv)
 
 
@@ -32,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         report = convert_checkpoint(args.source, args.output, args.layout, args.allow_partial,
                                     args.trust_source)
-    except ConversionError as error:
+    except (CheckpointError, ConversionError) as error:
         print(f'error: {error}\nnothing written', file=sys.stderr)
         return 1
     print(report.format())

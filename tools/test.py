@@ -2,12 +2,14 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
                                            [--show] [--show-dir DIR] [--wait-time SECONDS]
-                                           [--tta] [--cfg-options k=v ...] [--launcher ...]
+                                           [--tta] [--trust-checkpoint] [--cfg-options k=v ...]
+                                           [--launcher ...]
 
 The metrics are printed and appended to ``<work-dir>/metrics.json``.
 """
-from mmws.apis.runner import distributed_teardown, test
+import sys
+
+from mmws.apis.runner import main, test
 
 if __name__ == '__main__':
-    with distributed_teardown():
-        test()
+    sys.exit(main(test))

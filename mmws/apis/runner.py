@@ -5,10 +5,14 @@ toolbox do (the toolbox is the config's ``default_scope``: ``'mmdet'`` or ``'mms
 same command line, plus what this stack needs:
 
 - ``import mmws``, so configs work with or without ``custom_imports``;
-- ``torch.load`` of full checkpoints (``--resume``, ``load_from``): MMEngine 0.10 calls it
-  without ``weights_only`` and torch >= 2.6 defaults to ``True``, which rejects the optimizer
-  and message-hub state. The process opts out with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
-  (load only checkpoints you trust, as with any pickle);
+- safe checkpoint loading (``load_from``, ``--resume``, the test checkpoint, ``Pretrained``
+  init): every local file goes through :func:`mmws.checkpoint.load_checkpoint_file`
+  (``torch.load(weights_only=True)`` with the types MMEngine checkpoints hold; anything else is
+  refused unless ``--trust-checkpoint``), with errors that name the file and the cause;
+- a check of the model config's layer types before the runner builds it
+  (:mod:`mmws.apis.config_check`): an unknown ``type`` names itself, its scope and the closest
+  registered names; an unprefixed ``ConvWS`` next to mmws gets a warning;
+- ``--amp`` on a machine without an accelerator stops with one line (MMEngine asserts);
 - distributed launches on machines without CUDA (``--launcher pytorch`` on CPU): MMEngine calls
   ``torch.cuda.set_device`` and passes ``device_ids`` to DDP; here the process group is created
   with gloo first and DDP gets ``device_ids=None``;
@@ -24,39 +28,42 @@ import importlib
 import logging
 import os
 import os.path as osp
+import sys
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import mmws  # noqa: F401  (registers mmws.* for configs without custom_imports)
+from ..checkpoint.safe_load import TRUST_FLAG, CheckpointError, check_file, safe_loading
+from .config_check import UnknownTypeError, check_model_types, unknown_types_explained
 from ..hooks import MetricsFileHook
 
 TOOLBOXES = ('mmdet', 'mmseg')
-TRUSTED_LOAD_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+#: The devices MMEngine's ``AmpOptimWrapper`` accepts.
+AMP_DEVICES = ('cuda', 'npu', 'mlu', 'musa')
 
 
-@contextmanager
-def trusted_torch_load() -> Iterator[None]:
-    """Let ``torch.load`` read full training checkpoints (message hub, optimizer state) inside
-    the block: MMEngine 0.10 calls it without ``weights_only``, which torch >= 2.6 defaults to
-    ``True``. Only for checkpoints the user names, as with any pickle."""
-    previous = os.environ.get(TRUSTED_LOAD_ENV)
-    os.environ[TRUSTED_LOAD_ENV] = '1'
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[TRUSTED_LOAD_ENV]
-        else:
-            os.environ[TRUSTED_LOAD_ENV] = previous
+class ToolError(ValueError):
+    """Bad input to a tool that it reports in one line (no traceback)."""
+
+
+#: What the command-line tools report as ``error: <message>`` and exit status 1.
+REPORTED_ERRORS = (ToolError, CheckpointError, UnknownTypeError)
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        TRUST_FLAG,
+        action='store_true',
+        help='load the checkpoints with torch.load(weights_only=False), which runs code the '
+        'file names: only for files you trust (by default anything but tensors and the types '
+        'MMEngine checkpoints hold is refused)')
     parser.add_argument('--work-dir', help='the dir to save logs, checkpoints and metrics')
     parser.add_argument(
         '--cfg-options',
@@ -114,7 +121,7 @@ def toolbox_of(cfg: Config) -> str:
     """The toolbox a config belongs to, from its ``default_scope``."""
     scope = cfg.get('default_scope')
     if scope not in TOOLBOXES:
-        raise ValueError(f'config default_scope must be one of {TOOLBOXES}, got {scope!r}')
+        raise ToolError(f'config default_scope must be one of {TOOLBOXES}, got {scope!r}')
     return scope
 
 
@@ -135,15 +142,19 @@ def load_config(args: argparse.Namespace) -> Config:
 def apply_train_args(cfg: Config, args: argparse.Namespace) -> Config:
     """``--amp``, ``--auto-scale-lr`` and ``--resume`` as mmdet's ``tools/train.py``."""
     if args.amp:
+        if get_device() not in AMP_DEVICES:
+            raise ToolError(f'--amp needs a {"/".join(AMP_DEVICES)} device and this machine '
+                            f'has none (found {get_device()}; MMEngine\'s AmpOptimWrapper '
+                            'supports only those): train without --amp')
         if cfg.optim_wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper',
                                                                'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got '
-                             f'{cfg.optim_wrapper.type!r}')
+            raise ToolError(f'--amp needs optim_wrapper.type OptimWrapper, got '
+                            f'{cfg.optim_wrapper.type!r}')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+            raise ToolError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
@@ -173,9 +184,9 @@ def trigger_visualization(cfg: Config, args: argparse.Namespace) -> None:
     each image unless the config sets an interval."""
     hook = cfg.get('default_hooks', {}).get('visualization')
     if hook is None:
-        raise ValueError('--show and --show-dir need a visualization hook in the config: '
-                         "default_hooks = dict(visualization=dict(type='DetVisualizationHook'))"
-                         " (mmseg: 'SegVisualizationHook')")
+        raise ToolError('--show and --show-dir need a visualization hook in the config: '
+                        "default_hooks = dict(visualization=dict(type='DetVisualizationHook'))"
+                        " (mmseg: 'SegVisualizationHook')")
     hook['draw'] = True
     if args.show:
         hook['show'] = True
@@ -215,8 +226,8 @@ def use_test_time_augmentation(cfg: Config) -> None:
     else:
         missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
         if missing:
-            raise ValueError(f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '
-                             "_base_/default_runtime.py and _base_/datasets/*.py define them)")
+            raise ToolError(f'--tta needs {" and ".join(missing)} in the config (mmseg\'s '
+                            "_base_/default_runtime.py and _base_/datasets/*.py define them)")
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
@@ -240,7 +251,6 @@ def _flip_tta_pipeline(cfg: Config) -> list:
 
 def prepare_environment(cfg: Config, args: argparse.Namespace) -> None:
     """Process-level setup before the runner is built (see the module docstring)."""
-    os.environ.setdefault(TRUSTED_LOAD_ENV, '1')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if toolbox_of(cfg) == 'mmdet':
@@ -253,8 +263,8 @@ def prepare_environment(cfg: Config, args: argparse.Namespace) -> None:
 def _setup_cpu_distributed(cfg: Config) -> None:
     """Create the gloo process group and make DDP take no device ids (CPU modules)."""
     if cfg.launcher != 'pytorch':
-        raise ValueError(f'on a machine without CUDA only --launcher pytorch is supported, '
-                         f'got {cfg.launcher!r}')
+        raise ToolError(f'on a machine without CUDA only --launcher pytorch is supported, '
+                        f'got {cfg.launcher!r}')
     dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
     backend = dist_cfg.get('backend', 'gloo')
     if backend != 'gloo':
@@ -287,12 +297,15 @@ def distributed_teardown() -> Iterator[None]:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """The runner the config's toolbox would build, with :class:`MetricsFileHook`."""
-    if 'runner_type' in cfg:
-        registry = importlib.import_module(f'{toolbox_of(cfg)}.registry')
-        runner = registry.RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
+    """The runner the config's toolbox would build, with :class:`MetricsFileHook`, after
+    :func:`~mmws.apis.config_check.check_model_types`."""
+    check_model_types(cfg)
+    with unknown_types_explained():
+        if 'runner_type' in cfg:
+            registry = importlib.import_module(f'{toolbox_of(cfg)}.registry')
+            runner = registry.RUNNERS.build(cfg)
+        else:
+            runner = Runner.from_cfg(cfg)
     runner.register_hook(MetricsFileHook())
     return runner
 
@@ -302,20 +315,37 @@ def train(argv: Optional[List[str]] = None) -> Runner:
     args = parse_train_args(argv)
     cfg = apply_train_args(load_config(args), args)
     prepare_environment(cfg, args)
-    runner = build_runner(cfg)
-    runner.train()
+    with safe_loading(args.trust_checkpoint), unknown_types_explained():
+        runner = build_runner(cfg)
+        runner.train()
     return runner
 
 
 def test(argv: Optional[List[str]] = None) -> dict:
     """``tools/test.py``: evaluate a checkpoint on the config's test set; returns the metrics."""
     args = parse_test_args(argv)
+    if '://' not in args.checkpoint:  # a local file: named errors before the runner is built
+        check_file(args.checkpoint)
     cfg = apply_test_args(load_config(args), args)
     prepare_environment(cfg, args)
-    runner = build_runner(cfg)
-    if args.out is not None and toolbox_of(cfg) == 'mmdet':
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out must be a .pkl file for mmdet, got {args.out!r}')
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    with safe_loading(args.trust_checkpoint), unknown_types_explained():
+        runner = build_runner(cfg)
+        if args.out is not None and toolbox_of(cfg) == 'mmdet':
+            if not args.out.endswith(('.pkl', '.pickle')):
+                raise ToolError(f'--out must be a .pkl file for mmdet, got {args.out!r}')
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        return runner.test()
+
+
+def main(tool: Callable[[Optional[List[str]]], object],
+         argv: Optional[List[str]] = None) -> int:
+    """Run ``tool`` (:func:`train` or :func:`test`) as a command: the errors of bad input
+    (:data:`REPORTED_ERRORS`) print as ``error: <message>`` with exit status 1."""
+    try:
+        with distributed_teardown():
+            tool(argv)
+    except REPORTED_ERRORS as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    return 0

@@ -7,7 +7,6 @@ with ``strict=False``). Because that load forgives missing and unexpected keys, 
 validates instead: every source tensor is used exactly once or dropped for a stated reason,
 every target tensor is filled, every shape matches the ResNet depth read off the source.
 """
-import pickle
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,10 @@ from torch import Tensor
 
 from .layouts import LAYOUTS, Layout, detect_layout
 from .resnet import OPTIONAL_TENSORS, resnet_depth, resnet_template
+from .safe_load import load_checkpoint_file, load_pickle_file
+
+#: The converter's option that loads a source without restriction.
+TRUST_SOURCE_FLAG = '--trust-source'
 
 #: Channel groups of the released GN+WS weights (GroupNorm checkpoints do not record it).
 GN_GROUPS = 32
@@ -105,24 +108,43 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def load_source(path: Union[str, Path], trust_source: bool = False) -> Dict[str, Any]:
-    """Read a source checkpoint and unwrap it (see :func:`unwrap_state_dict`).
+    """Read a source checkpoint without running code from it, and unwrap it (see
+    :func:`unwrap_state_dict`).
 
-    ``.pkl`` files are Detectron pickles (read with ``encoding='latin1'``, as they were written
-    by Python 2): unpickling runs code from the file, so open only files you trust. Other files
-    are read with ``torch.load(weights_only=True)`` unless ``trust_source``.
+    ``.pkl`` files are Detectron pickles (Python 2, read with ``encoding='latin1'``) and may
+    name only numpy's array types (:func:`~mmws.checkpoint.safe_load.load_pickle_file`); other
+    files are read with :func:`~mmws.checkpoint.safe_load.load_checkpoint_file`. With
+    ``trust_source`` both unpickle without restriction (for files the user vouches for).
 
     Raises:
-        ConversionError: If the file is not a mapping.
+        CheckpointError: A missing, empty, corrupt or unsafe file (naming ``--trust-source``).
+        ConversionError: A file that is not a mapping, or an MMEngine training checkpoint.
     """
     path = Path(path)
     if path.suffix == '.pkl':
-        with path.open('rb') as f:
-            checkpoint = pickle.load(f, encoding='latin1')
+        checkpoint = load_pickle_file(path, trust_source, TRUST_SOURCE_FLAG)
     else:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=not trust_source)
+        checkpoint = load_checkpoint_file(path, 'cpu', trust_source, TRUST_SOURCE_FLAG)
     if not isinstance(checkpoint, Mapping):
         raise ConversionError(f'{path} holds a {type(checkpoint).__name__}, not a state dict')
+    _refuse_training_checkpoint(path, checkpoint)
     return unwrap_state_dict(checkpoint)
+
+
+def _refuse_training_checkpoint(path: Path, checkpoint: Mapping[str, Any]) -> None:
+    """A checkpoint MMEngine wrote while training a whole mmdet/mmseg model needs no
+    conversion: say what it is and how to use it."""
+    state = checkpoint.get('state_dict')
+    mmengine_keys = [key for key in ('message_hub', 'optimizer', 'param_schedulers')
+                     if key in checkpoint]
+    if not (mmengine_keys and isinstance(state, Mapping)):
+        return
+    parts = sorted({key.split('.')[0] for key in state})
+    raise ConversionError(
+        f'{path} is an MMEngine training checkpoint ({", ".join(mmengine_keys)}; model parts '
+        f'{", ".join(parts)}), not a released ImageNet ResNet: it needs no conversion. Use it '
+        f"as it is: load_from='{path}' (the whole model) or, for its backbone, "
+        f"init_cfg=dict(type='Pretrained', checkpoint='{path}', prefix='backbone.').")
 
 
 def _as_tensor(value: Any) -> Optional[Tensor]:

@@ -21,6 +21,7 @@ from mmengine.registry import HOOKS
 from toy_coco_config import toy_coco_header
 
 from mmws import BCN
+from mmws.checkpoint import safe_loading
 from mmws.apis import runner as tool
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', '..'))
@@ -135,7 +136,8 @@ def test_resume_restores_estimates_and_optimizer_and_continues(trained):
     runner = tool.build_runner(cfg)
     capture = CaptureAtStart()
     runner.register_hook(capture)
-    runner.train()
+    with safe_loading():  # what tool.train does around the runner
+        runner.train()
 
     saved = torch.load(checkpoint, map_location='cpu', weights_only=False)
     assert capture.iter == resume_at

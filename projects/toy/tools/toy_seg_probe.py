@@ -37,10 +37,10 @@ from mmengine.runner import load_checkpoint
 
 import mmws  # noqa: F401  (registers the datasets, layers and the classifier)
 import mmws_toy.classifier  # noqa: F401
+from mmws.checkpoint import safe_loading
 from mmws_toy.classification import crop_square
 from mmws_toy.scenes import ToySpec
 from mmws.registry import MODELS
-from mmws.apis.runner import trusted_torch_load
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', '..'))
 CLASSIFIER_CONFIG = 'projects/toy/configs/resnet18_gn_1xb32-toy_cls.py'
@@ -127,7 +127,7 @@ def segmentation_backbone(checkpoint):
     backbone = MODELS.build(
         dict(cfg.model.backbone, type='mmseg.ResNet', init_cfg=None, **OUTPUT_STRIDE_8))
     if checkpoint is not None:
-        with trusted_torch_load():  # a training checkpoint the user names
+        with safe_loading():  # a training checkpoint: weights only, MMEngine types allowed
             load_checkpoint(backbone, checkpoint, map_location='cpu',
                             revise_keys=[(r'^backbone\.', '')], strict=False)
     backbone.eval()  # mmseg's ResNet.train() returns None, so eval() does too
@@ -149,7 +149,7 @@ def main() -> None:
 
     init_default_scope('mmdet')
     classifier = MODELS.build(Config.fromfile(osp.join(ROOT, CLASSIFIER_CONFIG)).model)
-    with trusted_torch_load():
+    with safe_loading():
         load_checkpoint(classifier, args.classifier, map_location='cpu', strict=True)
     record = dict(classifier=args.classifier, objects=dict(
         train=sum(len(s.instances) for s in train_scenes),
