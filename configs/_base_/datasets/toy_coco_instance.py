@@ -1,10 +1,12 @@
 # The embedded toy COCO instance data (mmws.ToyCocoDataset): 160x160 scenes of four shape
-# classes, written to data/toy_coco on first use; evaluated with mmdet's CocoMetric (bbox, segm).
+# classes, written to data/toy_coco of this repository on first use; evaluated with mmdet's
+# CocoMetric (bbox, segm).
 # (The `mmws.` prefix imports mmws.datasets on first lookup; the model bases carry custom_imports.)
 _base_ = 'mmdet::_base_/datasets/coco_instance.py'
 
 dataset_type = 'mmws.ToyCocoDataset'
-data_root = 'data/toy_coco/'
+# Anchored at the repository (not the working directory): every run finds the same data.
+data_root = '{{fileDirname}}/../../../data/toy_coco/'
 image_scale = (160, 160)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
