@@ -15,7 +15,7 @@ import torch
 import mmengine.config.config as mmengine_config
 from mmengine.config import Config
 from mmengine.dataset import DefaultSampler
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 from toy_coco_config import toy_coco_header
@@ -134,6 +134,38 @@ def test_a_resume_restores_right_before_the_first_new_batch_and_warns_of_another
     assert next(runner.train_loop.dataloader_iterator) == 4
     assert draws() == expected
     assert runner.train_loop.dataloader_iterator is original
+
+
+def test_distributed_ranks_states_are_gathered_for_checkpoints_and_each_rank_gets_its_own(
+        monkeypatch):
+    """Two ranks, simulated: rank 1's states (other than this process's) are gathered at the
+    iteration a CheckpointHook saves, saved by rank 0, and restored on rank 1 only."""
+    import mmws.hooks.random_state as module
+    torch.manual_seed(1)
+    rank1 = capture_random_state()
+    rank1_draws = draws()
+    torch.manual_seed(0)
+    monkeypatch.setattr(module, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(module, 'all_gather_object', lambda state: [state, rank1])
+    hook, runner = RandomStateHook(), fake_runner(iter_=4, sampler_seed=0)
+    runner.hooks, runner.max_iters = [CheckpointHook(interval=10, by_epoch=False)], 100
+    hook.after_train_iter(runner, 4)
+    assert hook._gathered is None  # no checkpoint after iteration 5
+    runner.iter = 9
+    hook.after_train_iter(runner, 9)
+    checkpoint = dict(meta=dict(epoch=0, iter=10, seed=0))
+    hook.before_save_checkpoint(runner, checkpoint)
+    entry = checkpoint[CHECKPOINT_KEY]
+    assert (entry['world_size'], len(entry['ranks'])) == (2, 2)
+
+    monkeypatch.setattr(module, 'get_rank', lambda: 1)
+    hook, runner = RandomStateHook(), fake_runner(iter_=10, sampler_seed=0)
+    runner.train_loop = SimpleNamespace()  # not iteration-based: restored at the epoch start
+    hook.after_load_checkpoint(runner, checkpoint)
+    hook.before_train(runner)
+    hook.before_train_epoch(runner)
+    assert draws() == rank1_draws
+    assert runner.logger == ['RandomStateHook: the random states of iteration 10 are restored']
 
 
 # ---- end to end: interrupted and resumed against uninterrupted -------------------------------
