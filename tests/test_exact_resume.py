@@ -9,10 +9,10 @@ import os.path as osp
 import random
 from types import SimpleNamespace
 
+import mmengine.config.config as mmengine_config
 import numpy as np
 import pytest
 import torch
-import mmengine.config.config as mmengine_config
 from mmengine.config import Config
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import CheckpointHook, Hook
@@ -28,8 +28,8 @@ from mmws.tools import runner as tools
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 HOOK = 'mmws.RandomStateHook'
-ITERS = 20
-RESUME_AT = 10  # checkpoint and validation interval
+ITERS = 8
+RESUME_AT = 4  # checkpoint and validation interval
 
 
 def draws() -> list:
@@ -40,7 +40,7 @@ def draws() -> list:
 
 def test_states_round_trip_through_a_weights_only_load(tmp_path):
     random.gauss(0, 1)  # leaves a cached Gaussian in Python's generator
-    np.random.randn()  # and possibly in NumPy's
+    np.random.randn()  # and one in NumPy's
     state = capture_random_state()
     expected = draws()
     torch.save(state, tmp_path / 'state.pth')
