@@ -10,7 +10,7 @@ the resume point and the final metrics; writes ``benchmarks/results/exact_resume
 
     .venv/bin/python benchmarks/exact_resume.py
 
-About 5 minutes on 2 CPU cores (the toy data is written on first use).
+About 10 minutes on 2 busy CPU cores (the toy data is written on first use).
 """
 import glob
 import json
