@@ -491,7 +491,7 @@ def test_unknown_layer_type_names_type_scope_and_closest(tiny_seg, capsys, optio
 
 @pytest.mark.parametrize('option, name, closest', [
     ('model.type=EncoderDecodr', 'EncoderDecodr', 'EncoderDecoder'),  # built with the runner
-    ('train_dataloader.dataset.type=mmws.ToyVocDataset', 'mmws.ToyVocDataset',
+    ('train_dataloader.dataset.type=mmws_toy.ToyVocDataset', 'mmws_toy.ToyVocDataset',
      'mmws_toy.ToyVOCDataset'),  # built when training starts
 ])
 def test_other_unknown_types_get_closest_names(tmp_path, tiny_seg, capsys, option, name,

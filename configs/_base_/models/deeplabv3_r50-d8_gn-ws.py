@@ -3,7 +3,7 @@
 # The backbone has the torchvision stem (a single 7x7 conv, mmseg `ResNet`) of the ImageNet GN+WS
 # weights it starts from; `backbone=dict(type='ResNetV1c')` with `pretrained=None` trains
 # mmseg's deep stem from scratch.
-_base_ = 'mmseg::_base_/models/deeplabv3_r50-d8.py'
+_base_ = ['mmseg::_base_/models/deeplabv3_r50-d8.py', '../exact_resume.py']
 
 custom_imports = dict(imports=['mmws'], allow_failed_imports=False)
 

@@ -1,6 +1,6 @@
 # Faster R-CNN R-50-FPN with GN+WS in every norm slot the paper uses: the backbone (stem,
 # blocks, downsample), the FPN and the 4conv1fc box head.
-_base_ = 'mmdet::_base_/models/faster-rcnn_r50_fpn.py'
+_base_ = ['mmdet::_base_/models/faster-rcnn_r50_fpn.py', '../exact_resume.py']
 custom_imports = dict(imports=['mmws'], allow_failed_imports=False)
 
 conv_cfg = dict(type='mmws.ConvWS')  # std + eps, the form of the released GN+WS weights

@@ -111,6 +111,11 @@ def render_split(spec: ToySpec, split: str) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def dataset_files(spec: ToySpec) -> List[str]:
+    """Every file the dataset holds besides its record, relative to the root."""
+    return [f'{split}.npz' for split in SPLITS]
+
+
 def write_splits(root: str, spec: ToySpec) -> Dict[str, int]:
     """Write ``{train,val}.npz`` into ``root``; returns the image count per split."""
     counts = {}
@@ -127,7 +132,7 @@ def ensure_toy_classification(root: str, spec: ToySpec = ToySpec(**DEFAULT_SPEC)
     Atomic and safe for concurrent ranks (see
     :func:`~mmws_toy.scenes.ensure_dataset`, which also states the errors).
     """
-    return ensure_dataset(root, spec, KIND, write_splits)
+    return ensure_dataset(root, spec, KIND, write_splits, dataset_files)
 
 
 @DATASETS.register_module()

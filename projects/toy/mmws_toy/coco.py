@@ -70,6 +70,12 @@ def write_split(root: str, split: str, spec: ToySpec) -> Dict[str, int]:
     return dict(images=len(images), objects=len(annotations))
 
 
+def dataset_files(spec: ToySpec) -> List[str]:
+    """Every file the dataset of ``spec`` holds besides its record, relative to the root."""
+    return [ann_file(split) for split in SPLITS] + [
+        f'{split}/{index:06d}.jpg' for split in SPLITS for index in range(spec.num_images(split))]
+
+
 def write_splits(root: str, spec: ToySpec) -> Dict[str, Dict[str, int]]:
     return {split: write_split(root, split, spec) for split in SPLITS}
 
@@ -85,7 +91,7 @@ def ensure_toy_coco(root: str, spec: ToySpec = ToySpec()) -> bool:
     Atomic and safe for concurrent ranks (see
     :func:`~mmws_toy.scenes.ensure_dataset`, which also states the errors).
     """
-    return ensure_dataset(root, spec, KIND, write_splits)
+    return ensure_dataset(root, spec, KIND, write_splits, dataset_files)
 
 
 @DATASETS.register_module()

@@ -7,18 +7,21 @@ position, rotation, colour and texture (flat, stripes, checks, noise). Both toy 
 given by the shape alone, so a detector or segmenter must learn shape, not colour.
 
 :class:`ToySpec` fixes which scenes a dataset holds; :func:`ensure_dataset` writes a dataset
-of any format on first use, atomically, and records the spec so a later use can check it.
+of any format on first use, atomically, and records the spec so a later use can check it (the
+spec and every file it implies: a deleted or emptied file makes it write the dataset again).
 """
 import json
+import logging
 import os
 import os.path as osp
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from mmengine.logging import print_log
 
 CATEGORIES = ('circle', 'square', 'triangle', 'star')
 TEXTURES = ('flat', 'stripes', 'checks', 'noise')
@@ -200,22 +203,52 @@ def write_dataset(root: str, spec: ToySpec, kind: str,
     return result
 
 
-def ensure_dataset(root: str, spec: ToySpec, kind: str,
-                   write: Callable[[str, ToySpec], Any]) -> bool:
+def missing_files(root: str, files: Sequence[str]) -> List[str]:
+    """Those of ``files`` (paths relative to ``root``) that are absent or empty."""
+    return [name for name in files
+            if not osp.isfile(osp.join(root, name)) or osp.getsize(osp.join(root, name)) == 0]
+
+
+def _discard(root: str, files: Sequence[str]) -> None:
+    """Remove the incomplete dataset ``root``, safely when several processes do it at once.
+
+    It is first renamed into a private directory (atomic: of several processes only one moves
+    it). If what was moved turns out complete (another process had rewritten ``root`` between
+    this one's check and its rename), it is put back unless ``root`` exists again.
+    """
+    parent = osp.dirname(osp.abspath(root))
+    trash = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(root))}-incomplete-',
+                             dir=parent)
+    moved = osp.join(trash, 'dataset')
+    try:
+        os.rename(root, moved)
+        if read_record(moved) is not None and not missing_files(moved, files):
+            os.rename(moved, root)
+    except OSError:  # root gone (another process moved it first) or back in place already
+        pass
+    finally:
+        shutil.rmtree(trash)
+
+
+def ensure_dataset(root: str, spec: ToySpec, kind: str, write: Callable[[str, ToySpec], Any],
+                   files: Callable[[ToySpec], List[str]]) -> bool:
     """Write a dataset to ``root`` unless it is already complete; returns whether it wrote.
 
-    Safe under concurrency (several ranks or workers at once): each writer fills a private
-    temporary directory beside ``root`` and renames it into place atomically; a writer that
-    loses the race discards its copy.
+    Complete means: ``root``'s record is ``spec``'s and every file of ``files(spec)`` is there
+    and not empty. A dataset of this spec with a file missing is written again, with a warning
+    naming the file. Safe under concurrency (several ranks or workers at once): each writer
+    fills a private temporary directory beside ``root`` and renames it into place atomically; a
+    writer that loses the race discards its copy.
 
     Args:
         root: Dataset directory.
         spec: What the dataset must contain.
         kind: Format name recorded with the spec (``'coco'``, ``'voc'``).
         write: ``write(directory, spec)`` writes the dataset's files into ``directory``.
+        files: ``files(spec)``: the paths, relative to the root, that ``write`` writes.
 
     Raises:
-        FileExistsError: ``root`` exists but holds no complete dataset (not ours to delete).
+        FileExistsError: ``root`` exists but holds no toy dataset (not ours to delete).
         ValueError: ``root`` holds a dataset of another format or spec.
     """
     record = read_record(root)
@@ -223,12 +256,20 @@ def ensure_dataset(root: str, spec: ToySpec, kind: str,
         if record != spec.record(kind):
             raise ValueError(f'{root!r} holds a toy dataset written as {record}, not the '
                              f'requested {spec.record(kind)}; remove it or change data_root')
-        return False
-    if osp.exists(root) and os.listdir(root):
+        expected = files(spec)
+        missing = missing_files(root, expected)
+        if not missing:
+            return False
+        print_log(f'{osp.abspath(root)} holds the toy {kind} dataset of this spec, but '
+                  f'{len(missing)} of its {len(expected)} files are missing or empty (the first: '
+                  f'{missing[0]}): writing it again', logger='current', level=logging.WARNING)
+        _discard(root, expected)
+    elif osp.exists(root) and os.listdir(root):
         raise FileExistsError(f'{root!r} exists but is not a complete toy dataset (no '
                               f'{SPEC_FILE}); remove it to regenerate')
     parent = osp.dirname(osp.abspath(root))
     os.makedirs(parent, exist_ok=True)
+    print_log(f'writing the toy {kind} dataset to {osp.abspath(root)}', logger='current')
     staging = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(root))}-', dir=parent)
     try:
         write_dataset(staging, spec, kind, write)

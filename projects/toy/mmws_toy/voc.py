@@ -94,6 +94,17 @@ def write_split(root: str, split: str, spec: ToySpec) -> Dict[str, int]:
     return dict(images=len(names), ignored=int(counts[IGNORE_INDEX]), **pixels)
 
 
+def dataset_files(spec: ToySpec) -> List[str]:
+    """Every file the dataset of ``spec`` holds besides its record, relative to the root."""
+    files = []
+    for split in SPLITS:
+        names = [image_name(split, index) for index in range(spec.num_images(split))]
+        files += [f'ImageSets/Segmentation/{split}.txt']
+        files += [f'JPEGImages/{name}.jpg' for name in names]
+        files += [f'SegmentationClass/{name}.png' for name in names]
+    return files
+
+
 def write_voc_files(root: str, spec: ToySpec) -> Dict[str, Dict[str, int]]:
     """Write both splits' files into ``root``; returns per-split counts."""
     for folder in ('JPEGImages', 'SegmentationClass', osp.join('ImageSets', 'Segmentation')):
@@ -104,7 +115,7 @@ def write_voc_files(root: str, spec: ToySpec) -> Dict[str, Dict[str, int]]:
 def ensure_toy_voc(root: str, spec: ToySpec = ToySpec()) -> bool:
     """Write the dataset to ``root`` unless it is complete (see
     :func:`~mmws_toy.scenes.ensure_dataset`); returns whether it wrote."""
-    return ensure_dataset(root, spec, KIND, write_voc_files)
+    return ensure_dataset(root, spec, KIND, write_voc_files, dataset_files)
 
 
 @DATASETS.register_module()

@@ -1,8 +1,10 @@
 # The embedded toy classification data (mmws_toy.ToyShapeClassification): 64 px crops of the toy
 # scenes in five classes (background and the four shapes), 2500 train and 500 val images,
-# written to data/toy_cls on first use; evaluated with top-1 accuracy (mmws.Accuracy).
+# written to data/toy_cls of this repository on first use; evaluated with top-1 accuracy
+# (mmws_toy.Accuracy).
 dataset_type = 'mmws_toy.ToyShapeClassification'
-data_root = 'data/toy_cls/'
+# Anchored at the repository (not the working directory): every run finds the same data.
+data_root = '{{fileDirname}}/../../../../../data/toy_cls/'
 train_pipeline = [
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='mmws_toy.PackClsInputs')

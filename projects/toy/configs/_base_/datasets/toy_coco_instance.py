@@ -1,9 +1,11 @@
 # The embedded toy COCO instance data (mmws_toy.ToyCocoDataset): 160x160 scenes of four shape
-# classes, written to data/toy_coco on first use; evaluated with mmdet's CocoMetric (bbox, segm).
+# classes, written to data/toy_coco of this repository on first use; evaluated with mmdet's
+# CocoMetric (bbox, segm).
 _base_ = 'mmdet::_base_/datasets/coco_instance.py'
 
 dataset_type = 'mmws_toy.ToyCocoDataset'
-data_root = 'data/toy_coco/'
+# Anchored at the repository (not the working directory): every run finds the same data.
+data_root = '{{fileDirname}}/../../../../../data/toy_coco/'
 image_scale = (160, 160)
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -1,10 +1,11 @@
 # The embedded toy VOC dataset (mmws_toy.ToyVOCDataset): 160x160 scenes of four shape classes,
-# written to data/toy_voc on first use; evaluated with mmseg's IoUMetric (aAcc, mIoU, mAcc; per
-# class IoU.<class> too, through mmws.ClassIoUMetric).
+# written to data/toy_voc of this repository on first use; evaluated with mmseg's IoUMetric
+# (aAcc, mIoU, mAcc; per class IoU.<class> too, through mmws.ClassIoUMetric).
 # Training sees whole images, flipped at random: no resize or crop, so training and test see
 # the same geometry (crops of a 160 px scene cut most shapes, which then cannot be told apart).
 dataset_type = 'mmws_toy.ToyVOCDataset'
-data_root = 'data/toy_voc'
+# Anchored at the repository (not the working directory): every run finds the same data.
+data_root = '{{fileDirname}}/../../../../../data/toy_voc'
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),

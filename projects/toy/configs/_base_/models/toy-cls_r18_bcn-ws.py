@@ -2,6 +2,7 @@
 # every norm slot of the backbone: the conv and norm layers of the toy BCN+WS detectors'
 # backbone, so its weights load into them. BCN runs in micro-batch mode (the layer's default);
 # large-batch pretraining sets mode='batch'.
+_base_ = '../../../../../configs/_base_/exact_resume.py'
 custom_imports = dict(imports=['mmws', 'mmws_toy'], allow_failed_imports=False)
 
 conv_cfg = dict(type='mmws.ConvWS', eps_inside_sqrt=True)
