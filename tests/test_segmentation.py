@@ -79,7 +79,9 @@ def test_config_declares_its_experiment(path):
     cfg = Config.fromfile(path)
     name = _name(path)
     assert cfg.default_scope == 'mmseg'
-    assert cfg.custom_imports == dict(imports=['mmws'], allow_failed_imports=False)
+    # The toy configs also import the toy project's package (datasets), as mmdet projects do.
+    imports = ['mmws', 'mmws_toy'] if path in TOY_CONFIGS else ['mmws']
+    assert cfg.custom_imports == dict(imports=imports, allow_failed_imports=False)
     model = cfg.model
     slots = [model.backbone, model.decode_head, model.auxiliary_head]
     norm_type = {'bcn-ws': 'mmws.BCN', 'gn-ws': 'GN', 'gn': 'GN', 'bn': 'BN'}[name.split('_')[2]]
