@@ -349,3 +349,38 @@ def test_benchmark_runs(tmp_path, monkeypatch):
     assert len(payload['targets']) == 2
     for target in payload['targets']:
         assert target['met'] == (target['value'] <= target['limit'])
+
+
+@pytest.mark.parametrize('unbiased,eps_inside_sqrt', FORMS)
+def test_channels_last_equals_contiguous_without_copies(unbiased, eps_inside_sqrt):
+    """A channels_last model (``model.to(memory_format=torch.channels_last)``) standardizes
+    its weight in memory order: the same numbers, and a channels_last standardized weight (no
+    reorder of the weight, nor of its gradient)."""
+    torch.manual_seed(7)
+    conv = ConvWS(6, 8, 3, padding=1, unbiased=unbiased, eps_inside_sqrt=eps_inside_sqrt)
+    twin = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    assert twin.weight.is_contiguous(memory_format=torch.channels_last)
+    standardized = twin.standardized_weight()
+    assert standardized.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(standardized, conv.standardized_weight())
+    x = torch.randn(2, 6, 7, 7)
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    x = x.requires_grad_()
+    weights = torch.randn(2, 8, 7, 7)
+    (conv(x) * weights).sum().backward()
+    (twin(x_cl) * weights).sum().backward()
+    torch.testing.assert_close(x_cl.grad, x.grad)
+    torch.testing.assert_close(twin.weight.grad, conv.weight.grad)
+    torch.testing.assert_close(twin.bias.grad, conv.bias.grad)
+    plain = nn.Conv2d(6, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    # no weight copy beyond the convolution's own (the memory-order-blind flatten made 4)
+    assert weight_copies(twin, x_cl, weights) == weight_copies(plain, x_cl, weights)
+
+
+def weight_copies(conv: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> int:
+    """Weight-shaped copies in one training step of ``conv``."""
+    (conv(x) * weights).sum().backward()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        (conv(x) * weights).sum().backward()
+    return sum(event.name in ('aten::copy_', 'aten::clone')
+               and event.input_shapes[:1] == [list(conv.weight.shape)] for event in prof.events())

@@ -137,14 +137,20 @@ def standardize_weight(weight: Tensor,
             statistics' dtype).
 
     Returns:
-        The standardized weight, same shape, in the statistics' dtype (float32 or float64).
+        The standardized weight, same shape and memory format (contiguous or channels_last),
+        in the statistics' dtype (float32 or float64).
     """
     num_rows, n = weight.shape[0], math.prod(weight.shape[1:])
     if n < 2:
         raise ValueError(f'Weight Standardization needs at least 2 weights per filter, got {n} '
                          f'(weight shape {tuple(weight.shape)})')
     stats_dtype = statistics_dtype(weight.dtype)
-    flat = weight.to(stats_dtype).flatten(1)
+    # A filter's statistics do not depend on the order of its entries: take the rows in memory
+    # order, so that a channels_last weight is neither copied here nor in the backward.
+    channels_last = (weight.dim() == 4 and not weight.is_contiguous()
+                     and weight.is_contiguous(memory_format=torch.channels_last))
+    source = weight.permute(0, 2, 3, 1) if channels_last else weight
+    flat = source.to(stats_dtype).flatten(1)
     k = ((n - 1) / n)**0.5 if unbiased else 1.0
     if not unbiased:
         row_scale = None
@@ -152,8 +158,8 @@ def standardize_weight(weight: Tensor,
         row_scale = unbiased_row_scale(num_rows, n, dtype=stats_dtype, device=flat.device)
     # Under autocast, the reductions would run in fp16/bf16: keep them in stats_dtype.
     with torch.autocast(flat.device.type, enabled=False):
-        out = _StandardizeWeight.apply(flat, eps, k, row_scale, eps_inside_sqrt)
-    return out.view_as(weight)
+        out = _StandardizeWeight.apply(flat, eps, k, row_scale, eps_inside_sqrt).view_as(source)
+    return out.permute(0, 3, 1, 2) if channels_last else out
 
 
 def channel_moments(x: Tensor) -> Moments:
