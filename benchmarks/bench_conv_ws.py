@@ -11,8 +11,12 @@
   weight of the backbone, as ``ConvWS`` and ``StdConv2d`` run it), timed interleaved with the
   ``Conv2d`` step, and the profiler's top operators of one ConvWS training step.
 
-``StdConv2d`` is timm's design (``timm/layers/std_conv.py``): one ``F.batch_norm`` over the
-weight viewed as ``(1, O, n)`` (biased variance, eps inside the root), its backward native.
+``timm StdConv2d`` is timm's design (``timm/layers/std_conv.py``; timm is not a dependency:
+``bench_layers.StdConv2d`` restates it): one ``F.batch_norm`` over the weight viewed as
+``(1, O, n)`` (biased variance, eps inside the root), its backward native. ``Conv2d on W * 1``
+is the floor of any weight reparameterization (a weight-sized pass each way, no statistics).
+On a loaded machine, ``--threads 1 --clock process`` measures the work done (CPU time of one
+thread), which other processes barely move; wall time at 2 threads is what users see.
 
 Writes ``benchmarks/results/conv_ws.json``. Run: ``.venv/bin/python benchmarks/bench_conv_ws.py``
 (2 threads; about 8 minutes on 2 loaded cores at the defaults, 512² and 15 rounds);
