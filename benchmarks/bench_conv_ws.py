@@ -19,7 +19,7 @@ On a loaded machine, ``--threads 1 --clock process`` measures the work done (CPU
 thread), which other processes barely move; wall time at 2 threads is what users see.
 
 Writes ``benchmarks/results/conv_ws.json``. Run: ``.venv/bin/python benchmarks/bench_conv_ws.py``
-(2 threads; about 8 minutes on 2 loaded cores at the defaults, 512² and 15 rounds);
+(2 threads, 512², 15 rounds: about 8 minutes on 2 quiet cores, 20 on loaded ones);
 ``--quick`` for a smoke run (ResNet-18, 32 pixels, 2 rounds, 1 thread).
 """
 import argparse
