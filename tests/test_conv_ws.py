@@ -1,5 +1,6 @@
 import copy
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -244,8 +245,142 @@ def test_low_precision_module_keeps_exact_unbiased_scale():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match='got 1'):
-        ConvWS(4, 4, 1, groups=4)
-    ConvWS(4, 4, 1, groups=4, unbiased=False)  # biased variance is fine with n = 1
     with pytest.raises(ValueError, match='-1'):
         ConvWS(4, 4, 3, eps=-1)
+    with pytest.raises(ValueError, match=r'kernel_size=\(3, 0\)'):
+        ConvWS(4, 4, (3, 0))
+
+
+@pytest.mark.parametrize('unbiased', [True, False])
+@pytest.mark.parametrize('eps_inside_sqrt', [True, False])
+def test_filter_of_one_weight_is_refused_with_working_advice(unbiased, eps_inside_sqrt):
+    """A filter of 1 weight standardizes to 0 in every form (the output would be the bias,
+    every gradient 0): refused, whatever ``unbiased`` is, with a plain conv as the advice."""
+    with pytest.raises(ValueError) as error:
+        ConvWS(8, 8, 1, groups=8, unbiased=unbiased, eps_inside_sqrt=eps_inside_sqrt)
+    message = str(error.value)
+    assert 'at least 2 weights per filter' in message and 'got 1' in message
+    assert 'in_channels/groups=1' in message and 'kernel_size=1' in message
+    assert 'plain conv' in message and 'unbiased=False' not in message
+    # the advice works: the plain conv it writes out builds and runs, and so does mmcv's
+    # conv for conv_cfg=None
+    from mmcv.cnn import build_conv_layer
+    suggested = message.split('`')[1]
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    for plain in (eval(suggested, {'nn': nn}), build_conv_layer(None, 8, 8, 1, groups=8)):
+        assert type(plain) is nn.Conv2d and plain.weight.shape == (8, 1, 1, 1)
+        plain(x).square().sum().backward()
+        assert x.grad.abs().sum() > 0
+        x.grad = None
+
+
+def test_one_weight_depthwise_filter_message_names_its_values():
+    with pytest.raises(ValueError) as error:
+        ConvWS(6, 12, (1, 1), groups=6)
+    message = str(error.value)
+    assert 'kernel_size=(1, 1)' in message and '`nn.Conv2d(6, 12, (1, 1), groups=6)`' in message
+    ConvWS(6, 12, (2, 1), groups=6)  # two weights per filter: standardizable
+
+
+@pytest.mark.parametrize('in_ch,out_ch', [(0, 8), (8, 0), (0, 0), (-2, 8)])
+def test_no_channels_get_their_own_error(in_ch, out_ch):
+    with pytest.raises(ValueError) as error:
+        ConvWS(in_ch, out_ch, 3)
+    message = str(error.value)
+    assert f'in_channels={in_ch}, out_channels={out_ch}' in message
+    assert 'at least 1 input and 1 output channel' in message
+    assert 'per filter' not in message  # not the advice of a different cause
+    # the smallest layer the message allows builds and standardizes
+    conv = ConvWS(1, 1, 3)
+    conv(torch.randn(1, 1, 4, 4)).sum().backward()
+    assert conv.weight.grad.abs().sum() > 0
+
+
+def test_standardize_weight_refuses_a_filter_of_one_weight():
+    with pytest.raises(ValueError, match=r'at least 2 weights per filter, got 1 .*\(8, 1, 1, 1\)'):
+        standardize_weight(torch.randn(8, 1, 1, 1))
+
+
+@pytest.mark.parametrize('unbiased,eps_inside_sqrt', FORMS)
+def test_float32_precision_when_the_mean_dwarfs_the_spread(unbiased, eps_inside_sqrt):
+    """Filters with mean 1000× their spread: float32 output and gradient stay close to the
+    float64 reference (the statistics are one-pass Welford, the backward centres first)."""
+    torch.manual_seed(6)
+    weight = 1 + 1e-3 * torch.randn(32, 16, 3, 3)
+    grad = torch.randn(32, 16, 3, 3, dtype=torch.float64)
+    exact = weight.double().requires_grad_()
+    expected = reference_standardize(exact, 1e-5, unbiased, eps_inside_sqrt)
+    expected_grad, = torch.autograd.grad(expected, exact, grad)
+    got_weight = weight.clone().requires_grad_()
+    got = standardize_weight(got_weight, 1e-5, unbiased, eps_inside_sqrt)
+    got_grad, = torch.autograd.grad(got, got_weight, grad.float())
+    assert (got.double() - expected).abs().max() <= 2e-4 * expected.abs().max()
+    assert (got_grad.double() - expected_grad).abs().max() <= 1e-4 * expected_grad.abs().max()
+
+
+@pytest.mark.parametrize('eps_inside_sqrt', [False, True])
+def test_training_standardizes_with_group_norm_and_batch_norm_backward(eps_inside_sqrt,
+                                                                      monkeypatch):
+    """The kernels of the training path (deterministic, so asserted): the row statistics come
+    from one ``native_group_norm`` (several times faster on the CPU than ``native_batch_norm``'s
+    train mode over the same rows), the gradient from one ``native_batch_norm_backward``."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    from common import operator_counts
+    conv = ConvWS(16, 16, 3, padding=1, eps_inside_sqrt=eps_inside_sqrt)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    names = operator_counts(lambda: conv(x).sum().backward())['names']
+    assert names.get('native_group_norm') == 1 and names.get('native_batch_norm_backward') == 1
+    assert 'native_batch_norm' not in names and 'batch_norm' not in names
+    assert 'native_group_norm_backward' not in names
+
+
+def test_benchmark_runs(tmp_path, monkeypatch):
+    """``benchmarks/bench_conv_ws.py --quick`` runs end to end and reports every variant."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    from bench_conv_ws import CONVS, main
+    payload = main(['--quick', '--out', str(tmp_path / 'conv_ws.json')])
+    backbone = payload['backbone']
+    for phase in ('train', 'eval'):
+        assert set(backbone[phase]) == set(CONVS)
+        assert backbone[phase]['Conv2d']['ratio']['median'] == 1
+        assert all(row['ms'] > 0 for row in backbone[phase].values())
+    assert len(backbone['standardization']) == 3
+    assert {row['name'] for row in backbone['profile']['mmws ConvWS']}
+    assert len(payload['targets']) == 2
+    for target in payload['targets']:
+        assert target['met'] == (target['value'] <= target['limit'])
+
+
+@pytest.mark.parametrize('unbiased,eps_inside_sqrt', FORMS)
+def test_channels_last_equals_contiguous_without_copies(unbiased, eps_inside_sqrt):
+    """A channels_last model (``model.to(memory_format=torch.channels_last)``) standardizes
+    its weight in memory order: the same numbers, and a channels_last standardized weight (no
+    reorder of the weight, nor of its gradient)."""
+    torch.manual_seed(7)
+    conv = ConvWS(6, 8, 3, padding=1, unbiased=unbiased, eps_inside_sqrt=eps_inside_sqrt)
+    twin = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    assert twin.weight.is_contiguous(memory_format=torch.channels_last)
+    standardized = twin.standardized_weight()
+    assert standardized.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(standardized, conv.standardized_weight())
+    x = torch.randn(2, 6, 7, 7)
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    x = x.requires_grad_()
+    weights = torch.randn(2, 8, 7, 7)
+    (conv(x) * weights).sum().backward()
+    (twin(x_cl) * weights).sum().backward()
+    torch.testing.assert_close(x_cl.grad, x.grad)
+    torch.testing.assert_close(twin.weight.grad, conv.weight.grad)
+    torch.testing.assert_close(twin.bias.grad, conv.bias.grad)
+    plain = nn.Conv2d(6, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    # no weight copy beyond the convolution's own (the memory-order-blind flatten made 4)
+    assert weight_copies(twin, x_cl, weights) == weight_copies(plain, x_cl, weights)
+
+
+def weight_copies(conv: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> int:
+    """Weight-shaped copies in one training step of ``conv``."""
+    (conv(x) * weights).sum().backward()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        (conv(x) * weights).sum().backward()
+    return sum(event.name in ('aten::copy_', 'aten::clone')
+               and event.input_shapes[:1] == [list(conv.weight.shape)] for event in prof.events())

@@ -18,40 +18,32 @@ from .load_checks import check_conv_ws_state
 class ConvWS(nn.Conv2d):
     """2D convolution with Weight Standardization.
 
-    Takes ``nn.Conv2d``'s arguments (stride, padding and padding modes, dilation, groups, bias)
-    and keeps its ``weight``/``bias`` state-dict keys, so plain conv checkpoints load as they
-    are. The forward convolves with ``Ŵ = (W - μ) / σ``, ``μ`` and ``σ`` taken per output filter
-    over its ``n = in_channels / groups * kH * kW`` entries (see
-    :func:`mmws.models.functional.standardize_weight`)::
+    A drop-in ``nn.Conv2d`` (same arguments, same ``weight``/``bias`` state-dict keys, so plain
+    conv checkpoints load as they are) that convolves with each output filter standardized
+    over its ``n = in_channels / groups * kH * kW`` entries (``n >= 2``)::
 
-        σ = std(W) + eps            (default, eps_inside_sqrt=False)
-        σ = sqrt(var(W) + eps)      (eps_inside_sqrt=True)
+        Ŵ = (W - μ) / σ,   σ = std(W) + eps          (eps_inside_sqrt=False, default)
+                           σ = sqrt(var(W) + eps)    (eps_inside_sqrt=True)
 
-    the variance unbiased (``1/(n-1)``, default) or biased (``1/n``). The default reproduces
-    the released GN+WS weights (the authors' detection, segmentation and GN+WS ImageNet code;
-    mmcv's ``ConvWS2d``); the authors' BCN+WS ImageNet weights use
-    ``eps_inside_sqrt=True``; the paper's text uses ``unbiased=False``.
+    with the variance unbiased (``1/(n-1)``, default) or biased (``1/n``); the gradient flows
+    through ``μ`` and ``σ``. The default reproduces the released GN+WS weights (the authors'
+    detection and segmentation code, mmcv's ``ConvWS2d``); the authors' BCN+WS ImageNet
+    weights use ``eps_inside_sqrt=True``; the paper's text ``unbiased=False``. Under
+    ``torch.autocast`` the statistics are computed in float32.
 
-    In ``eval()`` mode without autograd, the standardized weight is cached and reused while
-    the weight tensor is unchanged (same storage and version counter), so inference costs a
-    plain conv. Any in-place change (``load_state_dict``, an optimizer step), a move to another
-    device or dtype, and every ``train()`` or ``eval()`` call invalidate the cache. Writes
-    through ``.data`` bypass the version counter: make them before ``eval()``, as MMEngine's
-    loops do with ``EMAHook``'s weight swap (its ``before_val_epoch`` runs before the loop's
-    ``model.eval()``), or call ``train(False)`` again. Under ``torch.autocast`` the weight
-    statistics are computed in float32.
-
-    The training forward is lean: the standardization is one batch-norm kernel and two
-    per-filter operators, with one batch-norm backward kernel and three more (or, with
-    ``eps_inside_sqrt=True``, one ``batch_norm`` kernel each way), no host synchronization,
-    and ``torch.compile(fullgraph=True)`` traces it. The unbiased correction ``sqrt((n-1)/n)``
-    is a per-filter constant the module holds (a non-persistent buffer, ``unbiased_row_scale``),
-    which the batch-norm kernel applies for free.
+    A training step standardizes with one group-norm kernel forward and one batch-norm
+    backward kernel (:func:`~mmws.models.functional.standardize_weight`), without host
+    synchronization; ``torch.compile(fullgraph=True)`` traces it. In ``eval()`` without
+    autograd the standardized weight is cached while the weight is unchanged (same storage
+    and version counter), so inference costs a plain conv. In-place changes, device or dtype
+    moves and every ``train()``/``eval()`` call drop the cache; a write through ``.data``
+    bypasses the version counter: make it before ``eval()``, or call ``eval()`` again.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype: As ``nn.Conv2d``.
-        eps: Added to the std (or the variance).
+            padding_mode, device, dtype: As ``nn.Conv2d``; at least 1 input and 1 output
+            channel and 2 weights per filter.
+        eps: Added to the std (or the variance), ``>= 0``.
         unbiased: Whether the filter variance divides by ``n - 1`` (else ``n``).
         eps_inside_sqrt: Whether ``eps`` goes inside the square root.
 
@@ -74,14 +66,24 @@ class ConvWS(nn.Conv2d):
                  eps: float = 1e-5,
                  unbiased: bool = True,
                  eps_inside_sqrt: bool = False) -> None:
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f'ConvWS needs at least 1 input and 1 output channel, got '
+                             f'in_channels={in_channels}, out_channels={out_channels}')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype)
+        if min(self.kernel_size) < 1:
+            raise ValueError(f'ConvWS needs a kernel of at least 1×1, got '
+                             f'kernel_size={kernel_size}')
         fan_in = self.weight[0].numel()
-        if unbiased and fan_in < 2:
+        if fan_in < 2:
+            # A single weight minus its mean is 0 in every form: the conv would output its bias
+            # and pass no gradient to its weight or input.
             raise ValueError(
-                f'ConvWS with unbiased=True needs at least 2 weights per filter, got '
-                f'{fan_in} (in_channels/groups={in_channels // groups}, '
-                f'kernel_size={self.kernel_size}); use unbiased=False')
+                f'ConvWS needs at least 2 weights per filter to standardize, got {fan_in} '
+                f'(in_channels/groups={in_channels // groups}, kernel_size={kernel_size}); a '
+                f'filter of 1 weight standardizes to 0 whatever unbiased is. Use a plain conv '
+                f'there: `nn.Conv2d({in_channels}, {out_channels}, {kernel_size!r}, '
+                f'groups={groups})`, or conv_cfg=None in an mmcv config')
         if eps < 0:
             raise ValueError(f'ConvWS eps must be >= 0, got {eps}')
         self.eps = eps
