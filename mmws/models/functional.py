@@ -159,10 +159,11 @@ def standardize_weight(weight: Tensor,
 def channel_moments(x: Tensor) -> Moments:
     """Per-channel mean and biased variance over the batch and spatial dims, in one pass.
 
-    ``batch_norm_update_stats`` is the batch-norm statistics kernel on its own (no output
-    written, no running statistics to update): as accurate as ``var_mean`` and several times
-    faster on the CPU, where ``var_mean`` over non-innermost dims is a slow generic reduction.
-    The statistics carry no gradient (BCN's backward differentiates through them itself).
+    Eager: ``batch_norm_update_stats``, the batch-norm statistics kernel on its own (as accurate
+    as ``var_mean`` and several times faster on the CPU, where ``var_mean`` over non-innermost
+    dims is a generic reduction). Under ``torch.compile``: ``var_mean``, for which the compiler
+    generates a fused reduction (``batch_norm_update_stats`` has no fake-tensor kernel: a traced
+    call breaks as soon as a shape is dynamic). No gradient flows through them.
 
     Args:
         x: Input, shape ``(N, C, *S)`` with ``N * prod(S) > 0``.
@@ -170,7 +171,49 @@ def channel_moments(x: Tensor) -> Moments:
     Returns:
         ``(mean, var)``, each of shape ``(C,)``.
     """
+    if torch.compiler.is_compiling():
+        var, mean = torch.var_mean(x.detach(), [0, *range(2, x.dim())], correction=0)
+        return mean, var
     return torch.batch_norm_update_stats(x.detach(), None, None, 0.0)
+
+
+def sample_moments(x: Tensor) -> Moments:
+    """Per-(sample, channel) mean and biased variance over the spatial dims, in one pass.
+
+    Eager on the CPU, for a contiguous input: the group-norm kernel with one channel per group
+    (``eps = 0``, so ``var = rstd⁻²``, 0 for a constant channel), a vectorized pass about twice
+    as fast there as ``var_mean``. Elsewhere ``var_mean``. No gradient flows through them.
+
+    Args:
+        x: Input, shape ``(N, C, *S)`` with ``N * C * prod(S) > 0``.
+
+    Returns:
+        ``(mean, var)``, each of shape ``(N, C)``.
+    """
+    x = x.detach()
+    n, c, m = _group_norm_shape(x)
+    if _flat_kernels(x):
+        _, mean, rstd = torch.native_group_norm(x, None, None, n, c, m, c, 0.0)
+        return mean, rstd.pow(-2)
+    var, mean = torch.var_mean(x, list(range(2, x.dim())), correction=0)
+    return mean.view(n, c), var.view(n, c)
+
+
+def pooled_moments(sample_mean: Tensor, sample_var: Tensor) -> Moments:
+    """Per-channel mean and biased variance of a batch from its per-sample moments.
+
+    For samples of equal size, by the law of total variance: ``mean = E_n[μ_nc]`` and
+    ``var = E_n[v_nc + (μ_nc - mean)²]`` (no cancellation).
+
+    Args:
+        sample_mean, sample_var: ``(N, C)``, as :func:`sample_moments` returns them.
+
+    Returns:
+        ``(mean, var)``, each of shape ``(C,)``.
+    """
+    mean = sample_mean.mean(0)
+    spread = sample_mean - mean
+    return mean, torch.addcmul(sample_var, spread, spread).mean(0)
 
 
 def estimate_rate(updates: Tensor, rate_config: Tensor) -> Tensor:
@@ -207,15 +250,21 @@ def second_moment_about(center: Tensor, batch_mean: Tensor, batch_var: Tensor,
     return torch.addcmul(batch_var, offset, offset)
 
 
-def estimate_update(estimate: Tensor, batch_value: Tensor, rate: Tensor) -> None:
-    """Move an estimate toward a batch statistic in place: ``μ̂ ← (1 - r) μ̂ + r μ_batch``.
+def estimate_update(estimate: Tensor, batch_value: Tensor, rate: Tensor,
+                    finite: Tensor) -> None:
+    """Move an estimate toward a batch statistic in place where it is finite.
+
+    ``μ̂ ← (1 - r) μ̂ + r μ_batch`` in the channels where ``finite``; the others keep their
+    value exactly (their target is the estimate itself: a masked rate would still write
+    ``0 · NaN``).
 
     Args:
-        estimate: Running estimate buffer, updated in place.
-        batch_value: This step's statistic, same shape.
+        estimate: Running estimate buffer, ``(C,)``, updated in place.
+        batch_value: This step's statistic, ``(C,)``.
         rate: Update rate ``r`` in ``[0, 1]`` (a scalar tensor or a float).
+        finite: ``(C,)`` bool, the channels to update.
     """
-    estimate.lerp_(batch_value.to(estimate.dtype), rate)
+    estimate.lerp_(torch.where(finite, batch_value.to(estimate.dtype), estimate), rate)
 
 
 def batch_affine(mean: Tensor, var: Tensor, bn_weight: Tensor, bn_bias: Tensor,
@@ -234,23 +283,21 @@ def _group_norm_shape(x: Tensor) -> Tuple[int, int, int]:
     return n, c, x[0, 0].numel() if n else int(torch.Size(x.shape[2:]).numel())
 
 
+def _flat_kernels(x: Tensor) -> bool:
+    """Whether the per-(sample, channel) passes run as native CPU kernels over the
+    ``(1, N·C, M)`` view (eager, contiguous; the compiler fuses the plain expressions)."""
+    return x.device.type == 'cpu' and x.is_contiguous() and not torch.compiler.is_compiling()
+
+
 class _BatchChannelNorm(torch.autograd.Function):
     """``z = GN(BN(x))`` on the native kernels, saving only ``x`` (as ``nn.GroupNorm`` does).
 
     Forward: ``y = native_batch_norm(x)`` with the given per-channel ``(mean, var)`` (an
     element-wise pass), ``z = native_group_norm(y)``; ``y`` is freed. Backward recomputes ``y``
     from ``x``, then ``dy = native_group_norm_backward(dz)`` and
-    ``dx = native_batch_norm_backward(dy)``:
-
-    - ``grad_mode='estimates'``: ``(mean, var)`` are constants (estimates):
-      ``dx = a dy``, ``a = γ_bn / sqrt(var + eps)``;
-    - ``'batch'``: they are this batch's statistics and the gradient flows through them,
-      ``dx = a (dy - mean(dy) - x̂ mean(dy x̂))`` with ``x̂ = (x - mean) / sqrt(var + eps)``
-      and the means over ``N × M``;
-    - ``'sync'``: the same with the means over all processes' elements (``count`` of them):
-      one all-reduce of the per-channel ``[Σ dy, Σ dy x̂]`` (as ``nn.SyncBatchNorm``).
-
-    The parameter gradients are ``dγ_bn = Σ dy x̂``, ``dβ_bn = Σ dy`` and GN's own.
+    ``dx = native_batch_norm_backward(dy)``, with ``(mean, var)`` constants (``'estimates'``)
+    or this batch's statistics (``'batch'``; ``'sync'``: of all processes, one all-reduce of
+    the per-channel ``[Σ dy, Σ dy x̂]`` as ``nn.SyncBatchNorm``).
     """
 
     @staticmethod
@@ -292,8 +339,9 @@ class _BatchChannelNorm(torch.autograd.Function):
             grad_x, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_y, x, bn_weight, mean, var, None, None, False, eps, mask)
             if grad_mode == 'sync':
-                grad_x = _sync_input_grad(grad_x, x, mean, var, bn_weight, grad_bn_weight,
-                                          grad_bn_bias, count, eps)
+                sum_grad, sum_grad_normalized = _all_reduce_sums(grad_bn_bias, grad_bn_weight)
+                grad_x = _sync_input_grad(grad_x, x, mean, var, bn_weight, sum_grad,
+                                          sum_grad_normalized, count, eps)
         return (grad_x, None, None, grad_bn_weight, grad_bn_bias, grad_weight, grad_bias, None,
                 None, None, None)
 
@@ -303,27 +351,28 @@ class _BatchChannelNorm(torch.autograd.Function):
         x, mean, var, bn_weight, count = ctx.saved_tensors
         if ctx.grad_mode == 'sync':
             zeros = mean.new_zeros(mean.shape)
-            _sync_input_grad(grad_out, x, mean, var, bn_weight, zeros, zeros, count, ctx.eps)
+            _all_reduce_sums(zeros, zeros)
         return (grad_out.clone(), ) + (None, ) * 10
 
 
-def _sync_input_grad(grad_x_local: Tensor, x: Tensor, mean: Tensor, var: Tensor,
-                     bn_weight: Tensor, grad_bn_weight: Tensor, grad_bn_bias: Tensor,
-                     count: Tensor, eps: float) -> Tensor:
-    """``dx = a dy - a / count (Σ_all dy + x̂ Σ_all dy x̂)`` from ``a dy`` and local sums.
-
-    One all-reduce of ``[Σ dy, Σ dy x̂]`` over all processes; ``x̂ = (x - mean) ρ`` with
-    ``ρ = 1 / sqrt(var + eps)``, so the correction is ``x k1 + k0`` per channel.
-    """
-    sums = torch.cat([grad_bn_bias, grad_bn_weight]).to(torch.float64)
+def _all_reduce_sums(sum_grad: Tensor, sum_grad_normalized: Tensor) -> Tuple[Tensor, Tensor]:
+    """``[Σ dy, Σ dy x̂]`` per channel, added over all processes (one float64 all-reduce; every
+    training path of every process calls it with the same layout)."""
+    sums = torch.cat([sum_grad, sum_grad_normalized]).to(torch.float64)
     dist.all_reduce(sums)
-    sum_grad, sum_grad_normalized = sums.to(mean.dtype).chunk(2)
+    return sums.to(sum_grad.dtype).chunk(2)
+
+
+def _sync_input_grad(grad_x_local: Tensor, x: Tensor, mean: Tensor, var: Tensor,
+                     bn_weight: Tensor, sum_grad: Tensor, sum_grad_normalized: Tensor,
+                     count: Tensor, eps: float) -> Tensor:
+    """``dx = a dy - a / count (Σ_all dy + x̂ Σ_all dy x̂)`` from ``a dy`` and the global sums;
+    ``x̂ = (x - mean) ρ`` with ``ρ = 1 / sqrt(var + eps)``, so the correction is ``x k1 + k0``
+    per channel."""
     inv_std = torch.rsqrt(var + eps)
     scale = bn_weight * inv_std / count.to(mean.dtype).clamp_min(1)
     x_coef = -scale * inv_std * sum_grad_normalized
     const = -scale * sum_grad - x_coef * mean
-    if x.numel() == 0:
-        return grad_x_local
     shape = (1, -1) + (1, ) * (x.dim() - 2)
     return grad_x_local.add_(const.view(shape)).addcmul_(x, x_coef.view(shape))
 
@@ -346,10 +395,11 @@ def batch_channel_norm(x: Tensor,
                        eps: float,
                        grad_mode: str = 'estimates',
                        count: Optional[Tensor] = None) -> Tensor:
-    """BCN with given batch-part statistics: ``z = GN(BN(x; mean, var))``.
+    """BCN with given batch-part statistics, ``z = GN(BN(x; mean, var))``, in few operators.
 
-    See the module docstring for the equations. Two native kernels forward and three
-    backward (one recomputes ``BN(x)``), saving only ``x`` for the backward.
+    Two native kernels forward and three backward (one recomputes ``BN(x)``): the path for
+    small maps, where the number of operators sets the time. Saves only ``x`` and ``(C,)``
+    tensors for the backward.
 
     Args:
         x: Input, shape ``(N, C, *S)``.
@@ -370,18 +420,169 @@ def batch_channel_norm(x: Tensor,
                                    eps, grad_mode, count)
 
 
-def batch_channel_norm_reference(x: Tensor, mean: Optional[Tensor], var: Optional[Tensor],
-                                 bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
-                                 bias: Tensor, num_groups: int, eps: float) -> Tensor:
-    """BCN as the plain composition ``group_norm(batch_norm(x))`` of library functions.
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """``(N, C)`` as ``(N, C, 1, ...)``, broadcasting against ``x``."""
+    return t.view(*t.shape, *(1, ) * (x.dim() - 2))
+
+
+def _affine_pass(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``scale (x - center) + shift`` with ``(N, C)`` coefficients: one element-wise pass.
+
+    On the CPU an inference-mode batch norm over the ``(1, N·C, M)`` view (2-3× faster there
+    than a broadcasting ``addcmul``); otherwise the plain expression, in ``x``'s layout.
+    """
+    if _flat_kernels(x) and x.dtype == scale.dtype:
+        n, c, m = _group_norm_shape(x)
+        ones = torch.ones_like(center).view(-1)
+        return torch.native_batch_norm(x.view(1, n * c, m), scale.view(-1), shift.view(-1),
+                                       center.view(-1), ones, False, 0.0, 0.0)[0].view_as(x)
+    return torch.addcmul(_channel_view(shift - scale * center, x).to(x.dtype), x,
+                         _channel_view(scale, x).to(x.dtype))
+
+
+def _reduction_pass(grad_out: Tensor, x: Tensor, center: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(Σ dz, Σ dz (x - center))`` per (sample, channel), ``(N, C)`` each: one pass.
+
+    On the CPU the batch-norm backward kernel over the ``(1, N·C, M)`` view (its
+    ``grad_bias`` and ``grad_weight`` with ``invstd = 1``); otherwise two fused reductions.
+    """
+    n, c, m = _group_norm_shape(x)
+    if _flat_kernels(x) and grad_out.dtype == center.dtype:
+        ones = torch.ones_like(center).view(-1)
+        _, centred, total = torch.ops.aten.native_batch_norm_backward(
+            grad_out.contiguous().view(1, n * c, m), x.view(1, n * c, m), None, None, None,
+            center.view(-1), ones, True, 0.0, [False, True, True])
+        return total.view(n, c), centred.view(n, c)
+    dims = list(range(2, x.dim()))
+    grad_out = grad_out.to(center.dtype)
+    centred = (grad_out * (x.to(center.dtype) - _channel_view(center, x))).sum(dims)
+    return grad_out.sum(dims), centred
+
+
+class _TwoPassBatchChannelNorm(torch.autograd.Function):
+    """``z = GN(BN(x))`` at GroupNorm's memory traffic, with a closed-form backward.
+
+    Inputs: ``x`` ``(N, C, *S)``, its per-(sample, channel) moments ``(μ, v)`` ``(N, C)``, the
+    batch part's statistics ``(mean, var)`` ``(C,)``. Every mode makes ``z`` a per-(sample,
+    channel) affine of ``x``, ``z = A (x - μ) + B``: the coefficients come from the moments
+    (``docs``: the group statistics of ``y = a x + b`` by total variance), then one pass.
+    Backward: one reduction pass for ``S0 = Σ dz``, ``S1 = Σ dz (x - μ)`` per (sample,
+    channel), every parameter gradient in closed form from them, and
+    ``dx = A dz + Q (x - μ) + R`` with ``(N, C)`` coefficients (two passes on the CPU).
+    Saves ``x`` and ``(N, C)`` tensors only.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sample_mean: Tensor, sample_var: Tensor, mean: Tensor,
+                var: Tensor, bn_weight: Tensor, bn_bias: Tensor, weight: Tensor, bias: Tensor,
+                num_groups: int, eps: float, grad_mode: str, count: Optional[Tensor]) -> Tensor:
+        n, c = sample_mean.shape
+        groups = (n, num_groups, c // num_groups)
+        inv_std = torch.rsqrt(var + eps)                                  # ρ, (C,)
+        scale = (bn_weight * inv_std).view(groups[1:])                    # a
+        offset = (sample_mean - mean).view(groups)                        # d = μ - mean
+        channel_mean = torch.addcmul(bn_bias.view(groups[1:]), scale, offset)  # E[y]
+        centred = channel_mean - channel_mean.mean(-1, keepdim=True)      # e = E[y] - m
+        group_var = torch.addcmul(centred.square(), scale.square(),
+                                  sample_var.view(groups)).mean(-1, keepdim=True)
+        group_inv_std = torch.rsqrt(group_var + eps)                      # s, (N, G, 1)
+        gain = weight.view(groups[1:]) * group_inv_std                    # γ s
+        out = _affine_pass(x, sample_mean, (gain * scale).view(n, c),
+                           torch.addcmul(bias.view(groups[1:]), gain, centred).view(n, c))
+        ctx.num_groups, ctx.eps, ctx.grad_mode = num_groups, eps, grad_mode
+        ctx.save_for_backward(x, sample_mean, sample_var, inv_std, scale, offset, centred,
+                              group_inv_std, weight, count)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (x, sample_mean, sample_var, inv_std, scale, offset, centred, group_inv_std, weight,
+         count) = ctx.saved_tensors
+        n, c, m = _group_norm_shape(x)
+        groups = (n, ctx.num_groups, c // ctx.num_groups)
+        size = groups[2]
+        total, centred_total = (t.view(groups) for t in _reduction_pass(grad_out, x,
+                                                                        sample_mean))
+        gamma, rho, s = weight.view(groups[1:]), inv_std.view(groups[1:]), group_inv_std
+        # Σ_i dz ŷ = s (a S1 + e S0), ŷ the group-normalized y.
+        projected = torch.addcmul(scale * centred_total, centred, total)
+        grad_weight = (s * projected).sum(0).view(c)
+        grad_bias = total.sum(0).view(c)
+        # The group sums of the channel part's backward, P0 = Σ γ S0 and P1 = s Σ γ (a S1 +
+        # e S0), enter dy = s γ dz - s P0 / (K M) - s² P1 (a (x - μ) + e) / (K M).
+        group_total = (gamma * total).sum(-1, keepdim=True)
+        coupling = s**3 * (gamma * projected).sum(-1, keepdim=True) / size  # s² P1 / K
+        # Per (n, c): T0 = Σ dy, T1 = Σ dy (x - μ).
+        grad_y_total = s * (gamma * total - group_total / size) - coupling * centred
+        grad_y_centred = s * gamma * centred_total - coupling * scale * sample_var.view(groups)
+        grad_bn_bias = grad_y_total.sum(0)
+        grad_bn_weight = (rho * torch.addcmul(grad_y_centred, offset, grad_y_total)).sum(0)
+        # dx = a dy = A dz + Q (x - μ) + R.
+        x_coef = -scale * scale * coupling / m
+        const = -scale * (s * group_total / size + coupling * centred) / m
+        if ctx.grad_mode != 'estimates':  # gradient through the batch statistics
+            sum_grad, sum_grad_normalized = grad_bn_bias, grad_bn_weight
+            if ctx.grad_mode == 'sync':
+                sum_grad, sum_grad_normalized = _all_reduce_sums(grad_bn_bias.view(c),
+                                                                 grad_bn_weight.view(c))
+                values = count.to(x_coef.dtype).clamp_min(1)
+            else:
+                values = n * m
+            correction = scale * rho * sum_grad_normalized.view(groups[1:]) / values
+            x_coef = x_coef - correction
+            const = const - scale * sum_grad.view(groups[1:]) / values - correction * offset
+        grad_x = _affine_pass(x, sample_mean, x_coef.view(n, c), const.view(n, c))
+        grad_x.addcmul_(grad_out, _channel_view((gamma * s * scale).view(n, c), x).to(
+            grad_out.dtype))
+        return (grad_x, None, None, None, None, grad_bn_weight.view(c), grad_bn_bias.view(c),
+                grad_weight, grad_bias, None, None, None, None)
+
+
+def two_pass_batch_channel_norm(x: Tensor,
+                                sample_mean: Tensor,
+                                sample_var: Tensor,
+                                mean: Tensor,
+                                var: Tensor,
+                                bn_weight: Tensor,
+                                bn_bias: Tensor,
+                                weight: Tensor,
+                                bias: Tensor,
+                                num_groups: int,
+                                eps: float,
+                                grad_mode: str = 'estimates',
+                                count: Optional[Tensor] = None) -> Tensor:
+    """BCN at GroupNorm's memory traffic: ``z = A (x - μ) + B`` per (sample, channel).
+
+    The path for large maps: the passes over the activations are those of ``nn.GroupNorm``
+    (one statistics pass, :func:`sample_moments`, then one output pass forward; one reduction
+    pass and the input-gradient pass backward), at the cost of a few dozen operators on
+    ``(N, C)`` tensors. Saves ``x`` and ``(N, C)`` tensors.
+
+    Args:
+        x: Input, shape ``(N, C, *S)`` with ``N > 0``.
+        sample_mean, sample_var: ``(N, C)``, :func:`sample_moments` of ``x``.
+        mean, var, bn_weight, bn_bias, weight, bias, num_groups, eps, grad_mode, count: As
+            :func:`batch_channel_norm`; in ``'batch'`` mode ``(mean, var)`` must be
+            :func:`pooled_moments` of the sample moments.
+
+    Returns:
+        ``z``, same shape and dtype as ``x`` (and memory format).
+    """
+    return _TwoPassBatchChannelNorm.apply(x, sample_mean, sample_var, mean, var, bn_weight,
+                                          bn_bias, weight, bias, num_groups, eps, grad_mode,
+                                          count)
+
+
+def batch_channel_norm_reference(x: Tensor, mean: Tensor, var: Tensor, bn_weight: Tensor,
+                                 bn_bias: Tensor, weight: Tensor, bias: Tensor,
+                                 num_groups: int, eps: float) -> Tensor:
+    """BCN with given statistics as the plain composition ``group_norm(batch_norm(x))``.
 
     The eval-mode forward (it traces and exports to ONNX) and the benchmarks' baseline.
 
     Args:
         x: Input, shape ``(N, C, *S)``.
-        mean: Per-channel mean the batch part uses, ``(C,)``; ``None`` with ``var`` for the
-            batch's own statistics (gradient flows through them).
-        var: Per-channel variance, ``(C,)`` or ``None``.
+        mean, var: Per-channel statistics the batch part uses, ``(C,)``.
         bn_weight, bn_bias: Batch-part affine, ``(C,)``.
         weight, bias: Channel-part affine, ``(C,)``.
         num_groups: ``G``.
@@ -390,7 +591,6 @@ def batch_channel_norm_reference(x: Tensor, mean: Optional[Tensor], var: Optiona
     Returns:
         ``z``, same shape as ``x``.
     """
-    use_batch_stats = mean is None
-    y = torch.nn.functional.batch_norm(x, mean, var, bn_weight, bn_bias,
-                                       training=use_batch_stats, momentum=0.0, eps=eps)
+    y = torch.nn.functional.batch_norm(x, mean, var, bn_weight, bn_bias, training=False,
+                                       momentum=0.0, eps=eps)
     return torch.nn.functional.group_norm(y, num_groups, weight, bias, eps)
