@@ -289,7 +289,9 @@ def test_saves_only_the_input_for_backward(path):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         bcn(x)
     full_size = [t for t in saved if t.numel() == x.numel()]
-    assert len({t.data_ptr() for t in full_size}) == 1
+    # the few-operator path (small maps) keeps BN(x) too instead of recomputing it
+    assert len({t.data_ptr() for t in full_size}) == (1 if path == 'two_pass' else 2)
+    assert all(t.numel() <= 64 * 2 for t in saved if t.numel() != x.numel())
 
 
 def test_state_dict_keys_and_round_trip():
@@ -524,7 +526,7 @@ def test_auto_path_by_shape():
     large = torch.randn(2, 64, 64, 64)
     assert bcn._path(torch.randn(2, 64, 32, 32)) == 'few_ops'
     assert bcn._path(large) == 'two_pass'
-    assert bcn._path(large.contiguous(memory_format=torch.channels_last)) == 'few_ops'
+    assert bcn._path(large.contiguous(memory_format=torch.channels_last)) == 'two_pass'
     assert bcn._path(torch.randn(0, 64, 64, 64)) == 'few_ops'
     assert BCN(64, training_path='two_pass')._path(torch.randn(2, 64, 4, 4)) == 'two_pass'
     assert BCN(64, training_path='few_ops')._path(large) == 'few_ops'

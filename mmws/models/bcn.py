@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from ..registry import MODELS
 from .functional import (Moments, batch_channel_norm, batch_channel_norm_reference,
-                         channel_moments, estimate_rate, estimate_update, pooled_moments,
-                         sample_moments, second_moment_about, two_pass_batch_channel_norm)
+                         channel_moments, estimate_schedule, estimate_update, pooled_moments,
+                         sample_moments, schedule_config, second_moment_about,
+                         two_pass_batch_channel_norm)
 from .load_checks import check_bcn_state
 
 MODES = ('micro', 'batch', 'sync')
@@ -133,8 +134,8 @@ class BCN(nn.GroupNorm):
         self.register_buffer('running_var', torch.ones(num_features))
         self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
         self.register_buffer('num_batches_skipped', torch.tensor(0, dtype=torch.long))
-        # [r, warm-up weight]: read by the forward on the device (see `momentum`).
-        self.register_buffer('rate_config', torch.zeros(2), persistent=False)
+        # The rate schedule, read by the forward on the device (see `momentum`).
+        self.register_buffer('rate_config', torch.zeros(3, 2), persistent=False)
         self.momentum = momentum
         self._warned_skips = False
 
@@ -152,9 +153,9 @@ class BCN(nn.GroupNorm):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f'BCN momentum must be in [0, 1], got {value}')
         self._momentum = float(value)
-        # fill_ with a host scalar: a device kernel, no synchronization.
-        self.rate_config[0].fill_(self._momentum)
-        self.rate_config[1].fill_(float(self.average_warmup and self._momentum > 0))
+        # copy_ from host values: a device copy, no synchronization.
+        self.rate_config.copy_(torch.tensor(schedule_config(self._momentum, self.average_warmup),
+                                            dtype=torch.float64))
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -179,7 +180,7 @@ class BCN(nn.GroupNorm):
 
     def update_rate(self) -> Tensor:
         """The rate ``r_t`` of the next estimate update (a scalar tensor on the device)."""
-        return estimate_rate(self.num_batches_tracked + 1, self.rate_config)
+        return estimate_schedule(self.num_batches_tracked, self.rate_config)[0]
 
     def train(self, mode: bool = True) -> 'BCN':
         super().train(mode)
@@ -220,7 +221,7 @@ class BCN(nn.GroupNorm):
             return 'few_ops'  # nothing to pass over: only the all-reduces matter
         if self.training_path != 'auto':
             return self.training_path
-        return 'two_pass' if x.numel() >= TWO_PASS_MIN_NUMEL and x.is_contiguous() else 'few_ops'
+        return 'two_pass' if x.numel() >= TWO_PASS_MIN_NUMEL else 'few_ops'
 
     def _normalize(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -240,24 +241,22 @@ class BCN(nn.GroupNorm):
             self._update_estimates(batch_mean, batch_var, count, x)
         # 3. The statistics the batch part normalizes with.
         if self.mode == 'micro' or batch_mean is None:
-            # One snapshot of this step's estimates, by `stack`: the backward needs them, a
-            # shared module (a head applied to every FPN level) updates the buffers again
-            # before it runs, and under torch.compile the partitioner never recomputes a
-            # `stack` in the backward (it is not on its recomputable list), so no backward
-            # can re-read the buffers after their in-place update (pytorch/pytorch#197039).
-            mean, var = torch.stack([self.running_mean, self.running_var]).to(x.dtype)
+            # Copies: the backward needs this step's estimates, and a shared module (a head
+            # applied to every FPN level) updates the buffers again before it runs.
+            mean, var = self.running_mean.clone(), self.running_var.clone()
             grad_mode = 'estimates'
         else:
-            mean, var = batch_mean.to(x.dtype), batch_var.to(x.dtype)
+            mean, var = batch_mean, batch_var
             grad_mode = 'sync' if count is not None else 'batch'
         # 4. The normalization.
         if path == 'two_pass':
-            return two_pass_batch_channel_norm(x, sample_mean.to(x.dtype),
-                                               sample_var.to(x.dtype), mean, var, self.bn_weight,
+            return two_pass_batch_channel_norm(x, sample_mean.to(x.dtype), sample_var.to(x.dtype),
+                                               mean.to(x.dtype), var.to(x.dtype), self.bn_weight,
                                                self.bn_bias, self.weight, self.bias,
                                                self.num_groups, self.eps, grad_mode, count)
-        return batch_channel_norm(x, mean, var, self.bn_weight, self.bn_bias, self.weight,
-                                  self.bias, self.num_groups, self.eps, grad_mode, count)
+        return batch_channel_norm(x, mean.to(x.dtype), var.to(x.dtype), self.bn_weight,
+                                  self.bn_bias, self.weight, self.bias, self.num_groups, self.eps,
+                                  grad_mode, count)
 
     def _eval_forward(self, x: Tensor) -> Tensor:
         """The estimates, no update: the plain composition (it traces and exports)."""
@@ -295,24 +294,29 @@ class BCN(nn.GroupNorm):
                           x: Tensor) -> None:
         """Move the estimates toward this step's statistics where they are finite (see the
         class docstring), on the device."""
+        rate, has_center = estimate_schedule(self.num_batches_tracked, self.rate_config)
         if self.mode == 'micro':  # about the previous estimate, if there is one yet
-            variance = second_moment_about(self.running_mean, batch_mean, batch_var,
-                                           self.num_batches_tracked.clamp(max=1))
+            variance = second_moment_about(self.running_mean, batch_mean, batch_var, has_center)
         else:
             variance = batch_var * self._unbiased_factor(x, count)
         # A non-finite value in a channel makes its mean non-finite and its variance NaN (or
         # inf), and a non-finite mean makes the micro second moment non-finite: one check.
         finite = torch.isfinite(variance)
         clean = finite.all()
-        rate = self.update_rate()
+        skipped = clean.logical_not()
         if count is not None:  # no update where all processes' batches were empty
             nonempty = count > 0
             rate = rate * nonempty
             clean = clean & nonempty
-        estimate_update(self.running_var, variance, rate, finite)
-        estimate_update(self.running_mean, batch_mean, rate, finite)
-        self.num_batches_tracked.add_(clean)
-        self.num_batches_skipped.add_(finite.logical_not().any())
+        # Under torch.compile the backward cannot re-read the buffers after this in-place
+        # update (pytorch/pytorch#197039: the min-cut partitioner may recompute a saved value
+        # from the graph's inputs, here the buffers it has just overwritten): the estimates
+        # the batch part normalizes with are the outputs of a multi-tensor `_foreach_lerp`,
+        # which is not on the partitioner's recomputable list, so it saves them.
+        estimate_update([self.running_mean, self.running_var], [batch_mean, variance], rate,
+                        finite)
+        torch._foreach_add_([self.num_batches_tracked, self.num_batches_skipped],
+                            [clean, skipped])
 
     def _unbiased_factor(self, x: Tensor, count: Optional[Tensor]) -> Union[float, Tensor]:
         """``M / (M - 1)`` for ``M`` values per channel (local, or ``count`` of all

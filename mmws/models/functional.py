@@ -19,7 +19,8 @@ tensor's value): rates, counts and masks stay on the device. BCN runs on the two
 that already do the per-channel and per-group work, ``native_batch_norm`` and
 ``native_group_norm``, forward and backward.
 """
-from typing import Optional, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -216,19 +217,31 @@ def pooled_moments(sample_mean: Tensor, sample_var: Tensor) -> Moments:
     return mean, torch.addcmul(sample_var, spread, spread).mean(0)
 
 
-def estimate_rate(updates: Tensor, rate_config: Tensor) -> Tensor:
-    """The update rate of a step, on the device: ``r_t = max(r, w / (t + 1))``.
+def schedule_config(rate: float, warmup: bool) -> List[List[float]]:
+    """The ``(3, 2)`` table :func:`estimate_schedule` reads: ``[offsets, lows, highs]``.
+
+    Column 0 is the rate's denominator ``t + 1`` clamped to ``[1, 1/r]`` with the warm-up
+    (``r_t = max(r, 1 / (t + 1))``) or to ``[1/r, 1/r]`` without (``r_t = r``; ``1/0 = inf``
+    gives ``r_t = 0``: frozen estimates, warm-up or not); column 1 is ``t`` clamped to
+    ``[0, 1]``.
+    """
+    inverse = 1 / rate if rate > 0 else math.inf
+    return [[1.0, 0.0], [1.0 if warmup and rate > 0 else inverse, 0.0], [inverse, 1.0]]
+
+
+def estimate_schedule(steps: Tensor, config: Tensor) -> Tuple[Tensor, Tensor]:
+    """The rate of the next estimate update and whether there is an estimate yet, on the
+    device, from one clamp: ``r_t = max(r, 1 / (t + 1))`` (or ``r``) and ``min(t, 1)``.
 
     Args:
-        updates: ``t + 1``, the number of updates including this one (long scalar, > 0).
-        rate_config: ``[r, w]``: the rate and the warm-up weight (1 for the averaging warm-up,
-            0 without; with ``w = 1`` the first ``1/r`` estimates are the plain average of all
-            batches so far).
+        steps: ``t``, the updates so far (long scalar).
+        config: :func:`schedule_config` as a ``(3, 2)`` tensor.
 
     Returns:
-        ``r_t``, a scalar tensor of ``rate_config``'s dtype.
+        ``(r_t, has_center)``, scalar tensors of ``config``'s dtype.
     """
-    return torch.maximum(rate_config[0], rate_config[1] / updates)
+    bounds = torch.clamp(steps + config[0], config[1], config[2])
+    return bounds[0].reciprocal(), bounds[1]
 
 
 def second_moment_about(center: Tensor, batch_mean: Tensor, batch_var: Tensor,
@@ -250,21 +263,23 @@ def second_moment_about(center: Tensor, batch_mean: Tensor, batch_var: Tensor,
     return torch.addcmul(batch_var, offset, offset)
 
 
-def estimate_update(estimate: Tensor, batch_value: Tensor, rate: Tensor,
+def estimate_update(estimates: Sequence[Tensor], batch_values: Sequence[Tensor], rate: Tensor,
                     finite: Tensor) -> None:
-    """Move an estimate toward a batch statistic in place where it is finite.
+    """Move estimates toward batch statistics in place where these are finite.
 
     ``μ̂ ← (1 - r) μ̂ + r μ_batch`` in the channels where ``finite``; the others keep their
     value exactly (their target is the estimate itself: a masked rate would still write
-    ``0 · NaN``).
+    ``0 · NaN``). One multi-tensor ``lerp_`` for all estimates.
 
     Args:
-        estimate: Running estimate buffer, ``(C,)``, updated in place.
-        batch_value: This step's statistic, ``(C,)``.
-        rate: Update rate ``r`` in ``[0, 1]`` (a scalar tensor or a float).
+        estimates: Running estimate buffers, ``(C,)`` each, updated in place.
+        batch_values: This step's statistics, same shapes.
+        rate: Update rate ``r`` in ``[0, 1]``, a scalar tensor.
         finite: ``(C,)`` bool, the channels to update.
     """
-    estimate.lerp_(torch.where(finite, batch_value.to(estimate.dtype), estimate), rate)
+    targets = [torch.where(finite, value.to(estimate.dtype), estimate)
+               for estimate, value in zip(estimates, batch_values)]
+    torch._foreach_lerp_(list(estimates), targets, [rate] * len(targets))
 
 
 def batch_affine(mean: Tensor, var: Tensor, bn_weight: Tensor, bn_bias: Tensor,
@@ -290,11 +305,11 @@ def _flat_kernels(x: Tensor) -> bool:
 
 
 class _BatchChannelNorm(torch.autograd.Function):
-    """``z = GN(BN(x))`` on the native kernels, saving only ``x`` (as ``nn.GroupNorm`` does).
+    """``z = GN(BN(x))`` on the native kernels, two forward and two backward.
 
     Forward: ``y = native_batch_norm(x)`` with the given per-channel ``(mean, var)`` (an
-    element-wise pass), ``z = native_group_norm(y)``; ``y`` is freed. Backward recomputes ``y``
-    from ``x``, then ``dy = native_group_norm_backward(dz)`` and
+    element-wise pass), ``z = native_group_norm(y)``. Backward:
+    ``dy = native_group_norm_backward(dz)`` and
     ``dx = native_batch_norm_backward(dy)``, with ``(mean, var)`` constants (``'estimates'``)
     or this batch's statistics (``'batch'``; ``'sync'``: of all processes, one all-reduce of
     the per-channel ``[Σ dy, Σ dy x̂]`` as ``nn.SyncBatchNorm``).
@@ -312,19 +327,18 @@ class _BatchChannelNorm(torch.autograd.Function):
         y = torch.native_batch_norm(x, bn_weight, bn_bias, mean, var, False, 0.0, eps)[0]
         out, group_mean, group_rstd = torch.native_group_norm(y, weight, bias, n, c, m,
                                                               num_groups, eps)
-        ctx.save_for_backward(x, mean, var, bn_weight, bn_bias, weight, group_mean, group_rstd,
-                              count)
+        # y is saved, not recomputed: this path serves small maps, where an operator costs
+        # more than the memory.
+        ctx.save_for_backward(x, y, mean, var, bn_weight, weight, group_mean, group_rstd, count)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         if grad_out.numel() == 0:
             return _BatchChannelNorm._empty_backward(ctx, grad_out)
-        x, mean, var, bn_weight, bn_bias, weight, group_mean, group_rstd, count = \
-            ctx.saved_tensors
+        x, y, mean, var, bn_weight, weight, group_mean, group_rstd, count = ctx.saved_tensors
         n, c, m = _group_norm_shape(x)
         eps, grad_mode = ctx.eps, ctx.grad_mode
-        y = torch.native_batch_norm(x, bn_weight, bn_bias, mean, var, False, 0.0, eps)[0]
         grad_y, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
             grad_out.contiguous(memory_format=_memory_format(y)), y, group_mean, group_rstd,
             weight, n, c, m, ctx.num_groups, [True, *ctx.needs_input_grad[5:7]])
@@ -397,9 +411,8 @@ def batch_channel_norm(x: Tensor,
                        count: Optional[Tensor] = None) -> Tensor:
     """BCN with given batch-part statistics, ``z = GN(BN(x; mean, var))``, in few operators.
 
-    Two native kernels forward and three backward (one recomputes ``BN(x)``): the path for
-    small maps, where the number of operators sets the time. Saves only ``x`` and ``(C,)``
-    tensors for the backward.
+    Two native kernels forward and two backward: the path for small maps, where the number
+    of operators sets the time. Saves ``x``, ``BN(x)`` and ``(C,)`` tensors for the backward.
 
     Args:
         x: Input, shape ``(N, C, *S)``.
