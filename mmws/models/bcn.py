@@ -200,7 +200,7 @@ class BCN(nn.GroupNorm):
                 f'{self!r}: {skipped} training step(s) had non-finite batch statistics (NaN or '
                 'inf in the input); the estimates of those channels were left unchanged and '
                 'the steps not counted (num_batches_skipped). Look for an overflow upstream '
-                '(e.g. fp16 activations) or bad input data.', RuntimeWarning, stacklevel=3)
+                '(e.g. fp16 activations) or bad input data.', RuntimeWarning, stacklevel=4)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
