@@ -29,9 +29,9 @@ BUDGETS = {
     'BCN micro': (lambda: BCN(CHANNELS), SMALL, 25),
     'BCN batch': (lambda: BCN(CHANNELS, mode='batch'), SMALL, 25),
     'BCN sync (one process)': (lambda: BCN(CHANNELS, mode='sync'), SMALL, 25),
-    'BCN micro two-pass': (lambda: BCN(CHANNELS), LARGE, 89),
-    'BCN batch two-pass': (lambda: BCN(CHANNELS, mode='batch'), LARGE, 96),
-    'BCN sync two-pass (one process)': (lambda: BCN(CHANNELS, mode='sync'), LARGE, 96),
+    'BCN micro two-pass': (lambda: BCN(CHANNELS), LARGE, 73),
+    'BCN batch two-pass': (lambda: BCN(CHANNELS, mode='batch'), LARGE, 79),
+    'BCN sync two-pass (one process)': (lambda: BCN(CHANNELS, mode='sync'), LARGE, 79),
     # eps outside the root: a batch_norm kernel each way plus per-filter coefficients (two
     # forward, two backward; the unbiased std's sqrt(m/n) one more); eps inside the root: one
     # batch_norm kernel each way, as timm's StdConv2d. nn.Conv2d's count is 7.

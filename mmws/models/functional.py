@@ -204,7 +204,7 @@ def pooled_moments(sample_mean: Tensor, sample_var: Tensor) -> Moments:
     """Per-channel mean and biased variance of a batch from its per-sample moments.
 
     For samples of equal size, by the law of total variance: ``mean = E_n[μ_nc]`` and
-    ``var = E_n[v_nc + (μ_nc - mean)²]`` (no cancellation).
+    ``var = E_n[v_nc] + Var_n[μ_nc]`` (both terms non-negative: no cancellation).
 
     Args:
         sample_mean, sample_var: ``(N, C)``, as :func:`sample_moments` returns them.
@@ -212,9 +212,8 @@ def pooled_moments(sample_mean: Tensor, sample_var: Tensor) -> Moments:
     Returns:
         ``(mean, var)``, each of shape ``(C,)``.
     """
-    mean = sample_mean.mean(0)
-    spread = sample_mean - mean
-    return mean, torch.addcmul(sample_var, spread, spread).mean(0)
+    between, mean = torch.var_mean(sample_mean, 0, correction=0)
+    return mean, sample_var.mean(0) + between
 
 
 def schedule_config(rate: float, warmup: bool) -> List[List[float]]:
@@ -438,30 +437,32 @@ def _channel_view(t: Tensor, x: Tensor) -> Tensor:
     return t.view(*t.shape, *(1, ) * (x.dim() - 2))
 
 
-def _affine_pass(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+def _affine_pass(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor,
+                 ones: Optional[Tensor]) -> Tensor:
     """``scale (x - center) + shift`` with ``(N, C)`` coefficients: one element-wise pass.
 
-    On the CPU an inference-mode batch norm over the ``(1, N·C, M)`` view (2-3× faster there
-    than a broadcasting ``addcmul``); otherwise the plain expression, in ``x``'s layout.
+    With ``ones`` (``(N·C,)``, see :func:`_flat_kernels`) an inference-mode batch norm over
+    the ``(1, N·C, M)`` view (2-3× faster on the CPU than a broadcasting ``addcmul``);
+    otherwise the plain expression, in ``x``'s layout.
     """
-    if _flat_kernels(x) and x.dtype == scale.dtype:
+    if ones is not None:
         n, c, m = _group_norm_shape(x)
-        ones = torch.ones_like(center).view(-1)
         return torch.native_batch_norm(x.view(1, n * c, m), scale.view(-1), shift.view(-1),
                                        center.view(-1), ones, False, 0.0, 0.0)[0].view_as(x)
+    scale, shift = scale.view(center.shape), shift.view(center.shape)
     return torch.addcmul(_channel_view(shift - scale * center, x).to(x.dtype), x,
                          _channel_view(scale, x).to(x.dtype))
 
 
-def _reduction_pass(grad_out: Tensor, x: Tensor, center: Tensor) -> Tuple[Tensor, Tensor]:
+def _reduction_pass(grad_out: Tensor, x: Tensor, center: Tensor,
+                    ones: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """``(Σ dz, Σ dz (x - center))`` per (sample, channel), ``(N, C)`` each: one pass.
 
-    On the CPU the batch-norm backward kernel over the ``(1, N·C, M)`` view (its
+    With ``ones``, the batch-norm backward kernel over the ``(1, N·C, M)`` view (its
     ``grad_bias`` and ``grad_weight`` with ``invstd = 1``); otherwise two fused reductions.
     """
     n, c, m = _group_norm_shape(x)
-    if _flat_kernels(x) and grad_out.dtype == center.dtype:
-        ones = torch.ones_like(center).view(-1)
+    if ones is not None and grad_out.dtype == center.dtype:
         _, centred, total = torch.ops.aten.native_batch_norm_backward(
             grad_out.contiguous().view(1, n * c, m), x.view(1, n * c, m), None, None, None,
             center.view(-1), ones, True, 0.0, [False, True, True])
@@ -478,11 +479,11 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
     Inputs: ``x`` ``(N, C, *S)``, its per-(sample, channel) moments ``(μ, v)`` ``(N, C)``, the
     batch part's statistics ``(mean, var)`` ``(C,)``. Every mode makes ``z`` a per-(sample,
     channel) affine of ``x``, ``z = A (x - μ) + B``: the coefficients come from the moments
-    (``docs``: the group statistics of ``y = a x + b`` by total variance), then one pass.
-    Backward: one reduction pass for ``S0 = Σ dz``, ``S1 = Σ dz (x - μ)`` per (sample,
-    channel), every parameter gradient in closed form from them, and
-    ``dx = A dz + Q (x - μ) + R`` with ``(N, C)`` coefficients (two passes on the CPU).
-    Saves ``x`` and ``(N, C)`` tensors only.
+    (the group statistics of ``y = a x + b`` by total variance), then one pass. Backward: one
+    reduction pass for ``S0 = Σ dz``, ``S1 = Σ dz (x - μ)`` per (sample, channel), every
+    parameter gradient in closed form from them, and ``dx = A dz + Q (x - μ) + R`` with
+    ``(N, C)`` coefficients (two passes on the CPU). Saves ``x`` and ``(N, C)`` tensors only.
+    The derivation is in ``docs``; the comments name its symbols.
     """
 
     @staticmethod
@@ -491,48 +492,53 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
                 num_groups: int, eps: float, grad_mode: str, count: Optional[Tensor]) -> Tensor:
         n, c = sample_mean.shape
         groups = (n, num_groups, c // num_groups)
-        inv_std = torch.rsqrt(var + eps)                                  # ρ, (C,)
-        scale = (bn_weight * inv_std).view(groups[1:])                    # a
+        inv_std = torch.rsqrt(var + eps).view(groups[1:])                 # ρ
+        scale = bn_weight.view(groups[1:]) * inv_std                      # a
         offset = (sample_mean - mean).view(groups)                        # d = μ - mean
         channel_mean = torch.addcmul(bn_bias.view(groups[1:]), scale, offset)  # E[y]
         centred = channel_mean - channel_mean.mean(-1, keepdim=True)      # e = E[y] - m
-        group_var = torch.addcmul(centred.square(), scale.square(),
+        group_var = torch.addcmul(centred * centred, scale * scale,
                                   sample_var.view(groups)).mean(-1, keepdim=True)
         group_inv_std = torch.rsqrt(group_var + eps)                      # s, (N, G, 1)
         gain = weight.view(groups[1:]) * group_inv_std                    # γ s
-        out = _affine_pass(x, sample_mean, (gain * scale).view(n, c),
-                           torch.addcmul(bias.view(groups[1:]), gain, centred).view(n, c))
-        ctx.num_groups, ctx.eps, ctx.grad_mode = num_groups, eps, grad_mode
+        out_scale = gain * scale                                          # A
+        ones = torch.ones_like(sample_mean).view(-1) if _flat_kernels(x) and (
+            x.dtype == sample_mean.dtype) else None
+        out = _affine_pass(x, sample_mean, out_scale,
+                           torch.addcmul(bias.view(groups[1:]), gain, centred), ones)
+        ctx.num_groups, ctx.grad_mode = num_groups, grad_mode
         ctx.save_for_backward(x, sample_mean, sample_var, inv_std, scale, offset, centred,
-                              group_inv_std, weight, count)
+                              group_inv_std, gain, out_scale, ones, count)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (x, sample_mean, sample_var, inv_std, scale, offset, centred, group_inv_std, weight,
+        (x, sample_mean, sample_var, rho, scale, offset, centred, s, gain, out_scale, ones,
          count) = ctx.saved_tensors
         n, c, m = _group_norm_shape(x)
         groups = (n, ctx.num_groups, c // ctx.num_groups)
-        size = groups[2]
         total, centred_total = (t.view(groups) for t in _reduction_pass(grad_out, x,
-                                                                        sample_mean))
-        gamma, rho, s = weight.view(groups[1:]), inv_std.view(groups[1:]), group_inv_std
+                                                                        sample_mean, ones))
         # Σ_i dz ŷ = s (a S1 + e S0), ŷ the group-normalized y.
         projected = torch.addcmul(scale * centred_total, centred, total)
         grad_weight = (s * projected).sum(0).view(c)
         grad_bias = total.sum(0).view(c)
-        # The group sums of the channel part's backward, P0 = Σ γ S0 and P1 = s Σ γ (a S1 +
-        # e S0), enter dy = s γ dz - s P0 / (K M) - s² P1 (a (x - μ) + e) / (K M).
-        group_total = (gamma * total).sum(-1, keepdim=True)
-        coupling = s**3 * (gamma * projected).sum(-1, keepdim=True) / size  # s² P1 / K
+        # The channel part's backward, dy = s γ dz - s P0 / (K M) - s² P1 (a (x - μ) + e)
+        # / (K M), with the group sums P0 = Σ γ S0 and P1 = s Σ γ (a S1 + e S0).
+        gamma = gain / s
+        shift_term = s * (gamma * total).mean(-1, keepdim=True)           # s P0 / K
+        coupling = s * s * (gain * projected).mean(-1, keepdim=True)      # s² P1 / K
         # Per (n, c): T0 = Σ dy, T1 = Σ dy (x - μ).
-        grad_y_total = s * (gamma * total - group_total / size) - coupling * centred
-        grad_y_centred = s * gamma * centred_total - coupling * scale * sample_var.view(groups)
+        grad_y_total = torch.addcmul(gain * total - shift_term, coupling, centred, value=-1)
+        coupled_scale = coupling * scale
+        grad_y_centred = torch.addcmul(gain * centred_total, coupled_scale,
+                                       sample_var.view(groups), value=-1)
         grad_bn_bias = grad_y_total.sum(0)
         grad_bn_weight = (rho * torch.addcmul(grad_y_centred, offset, grad_y_total)).sum(0)
         # dx = a dy = A dz + Q (x - μ) + R.
-        x_coef = -scale * scale * coupling / m
-        const = -scale * (s * group_total / size + coupling * centred) / m
+        per_value = scale * (-1 / m)
+        x_coef = coupled_scale * per_value
+        const = torch.addcmul(shift_term, coupling, centred) * per_value
         if ctx.grad_mode != 'estimates':  # gradient through the batch statistics
             sum_grad, sum_grad_normalized = grad_bn_bias, grad_bn_weight
             if ctx.grad_mode == 'sync':
@@ -541,12 +547,13 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
                 values = count.to(x_coef.dtype).clamp_min(1)
             else:
                 values = n * m
-            correction = scale * rho * sum_grad_normalized.view(groups[1:]) / values
-            x_coef = x_coef - correction
-            const = const - scale * sum_grad.view(groups[1:]) / values - correction * offset
-        grad_x = _affine_pass(x, sample_mean, x_coef.view(n, c), const.view(n, c))
-        grad_x.addcmul_(grad_out, _channel_view((gamma * s * scale).view(n, c), x).to(
-            grad_out.dtype))
+            # -a / count (Σ dy + x̂ Σ dy x̂) with x̂ = ρ (x - μ + d).
+            weight_term = scale * rho * sum_grad_normalized.view(groups[1:]) / values
+            x_coef = x_coef - weight_term
+            const = const - torch.addcmul(scale * sum_grad.view(groups[1:]) / values,
+                                          weight_term, offset)
+        grad_x = _affine_pass(x, sample_mean, x_coef, const, ones)
+        grad_x.addcmul_(grad_out, _channel_view(out_scale.view(n, c), x).to(grad_out.dtype))
         return (grad_x, None, None, None, None, grad_bn_weight.view(c), grad_bn_bias.view(c),
                 grad_weight, grad_bias, None, None, None, None)
 
