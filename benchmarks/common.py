@@ -121,8 +121,9 @@ def peak_bytes(call: Callable[[], object]) -> int:
     return int(max((sum(by_category) for by_category in sizes), default=0))
 
 
-# Aten operators that launch no work (views, metadata, allocation) and the host syncs, as
-# `../shared/tools/opcount.py` classifies them.
+# Aten operators that launch no work (views, metadata, allocation) and the host syncs: the
+# classification of the operator-count protocol (see `operator_counts`), shared with the
+# project's external operator-count tool, so that both count the same.
 NOT_COMPUTE = frozenset({
     'view', 'reshape', '_reshape_alias', 'expand', 'as_strided', 'unsqueeze', 'squeeze',
     'select', 'slice', 't', 'transpose', 'permute', 'detach', 'alias', 'lift_fresh', 'empty',
@@ -137,11 +138,15 @@ HOST_SYNC = frozenset({'item', '_local_scalar_dense', 'is_nonzero'})
 def operator_counts(call: Callable[[], object], device: str = 'cpu') -> Dict[str, object]:
     """The operators one ``call()`` launches, as a GPU would launch them.
 
-    Counts the top-level aten operators the profiler records (after one untimed warm-up
-    call): ``compute`` (everything but views and metadata: each is at least one kernel
-    launch on a GPU) and ``host_syncs`` (``item`` / ``_local_scalar_dense`` / ``is_nonzero``:
-    a device-to-host copy that stalls the GPU queue), with ``names`` the compute operators by
-    name. On ``device='cuda'`` also ``kernels``: the CUDA kernels actually launched.
+    The protocol (the tests assert budgets with it): one untimed warm-up call, then the
+    profiler records one call; every aten operator whose parent is not an aten operator (the
+    top level) counts, ``compute`` being all of them but :data:`NOT_COMPUTE` (views, metadata,
+    allocation: each counted one is at least one kernel launch on a GPU) and ``host_syncs``
+    those in :data:`HOST_SYNC` (a device-to-host copy that stalls the GPU queue). For a layer
+    the call is ``layer(x).sum().backward()``: the loss ``sum``, the backward's seed
+    (``ones_like``) and the accumulation of each gradient into an existing ``.grad`` (after
+    the warm-up) are counted too. ``names`` gives the compute operators by name; on
+    ``device='cuda'`` also ``kernels``: the CUDA kernels actually launched.
     """
     call()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
@@ -175,7 +180,10 @@ def machine() -> Dict[str, object]:
                 break
     return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(),
                 python=platform.python_version(), torch=torch.__version__,
-                system=f'{platform.system()} {platform.release()}')
+                system=f'{platform.system()} {platform.release()}',
+                load_average=[round(load, 2) for load in os.getloadavg()],
+                malloc_mmap_threshold=os.environ.get('MALLOC_MMAP_THRESHOLD_',
+                                                     'glibc default (dynamic, from 128 KiB)'))
 
 
 def revision() -> str:

@@ -1,4 +1,5 @@
-"""Independent references of WS and BCN written from the equations of method.md.
+"""Independent references of WS and BCN written from the equations of Qiao et al. (arXiv
+1903.10520) and the authors' code (EstBN for the micro-batch estimates).
 
 Deliberately naive (explicit per-filter / per-group loops, textbook formulas) and sharing no
 code with :mod:`mmws`.
