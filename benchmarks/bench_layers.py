@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common import (RESULTS_DIR, check_targets, machine, max_relative_error, operator_counts,
-                    peak_bytes, ratio, revision, saved_bytes, targets_table, time_interleaved,
-                    utc_now, write_json)
+from common import (RESULTS_DIR, check_targets, import_bcn_before, machine, max_relative_error,
+                    operator_counts, peak_bytes, ratio, revision, saved_bytes, targets_table,
+                    time_interleaved, utc_now, write_json)
 from mmws import BCN, ConvWS
 from mmws.models.functional import batch_channel_norm_reference
 from render_readme import conv_table, norm_table, operators_table
@@ -158,10 +158,19 @@ def randomized_bcn(channels: int, mode: str, generator: torch.Generator) -> BCN:
     return bcn
 
 
+#: With ``--bcn-before``: another revision's BCN class, timed beside this one (micro, batch).
+BCN_BEFORE = None
+
+
 def norm_variants(channels: int, generator: torch.Generator) -> Dict[str, nn.Module]:
     bcns = {mode: randomized_bcn(channels, mode, generator) for mode in ('micro', 'batch',
                                                                          'sync')}
-    return {
+    before = {}
+    if BCN_BEFORE is not None:
+        for mode in ('micro', 'batch'):
+            before[f'BCN {mode} before'] = BCN_BEFORE(channels, num_groups=GROUPS, mode=mode)
+            before[f'BCN {mode} before'].load_state_dict(bcns[mode].state_dict(), strict=False)
+    return {**before,
         'GroupNorm': nn.GroupNorm(GROUPS, channels),
         'BatchNorm2d': nn.BatchNorm2d(channels),
         'BN→GN': nn.Sequential(nn.BatchNorm2d(channels), nn.GroupNorm(GROUPS, channels)),
@@ -443,6 +452,9 @@ def parse_args(argv):
                         help='torch intra-op threads (default: 2; 1 with --quick, so that the '
                         'smoke run stays fast on a loaded machine)')
     parser.add_argument('--norm-only', action='store_true', help='only the normalizations')
+    parser.add_argument('--bcn-before', type=Path, default=None,
+                        help='a folder with bcn.py, functional.py and load_checks.py of another '
+                        'mmws revision: its BCN (micro, batch) is timed side by side')
     parser.add_argument('--compile', action='store_true',
                         help='also time torch.compile\'d GroupNorm and BCN at the target shapes')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu',
@@ -464,6 +476,9 @@ def main(argv=None) -> Dict[str, object]:
         repeats, min_seconds = args.repeats, 0.5
     if args.norm_only:
         conv_shapes = []
+    if args.bcn_before is not None:
+        global BCN_BEFORE
+        BCN_BEFORE = import_bcn_before(args.bcn_before)
     print('machine:', machine(), flush=True)
     operator_rows = operators(args.device, args.norm_only)
     print('Operators of layer(x).sum().backward(), x = ' + '×'.join(map(str, OPERATOR_SHAPE)) +

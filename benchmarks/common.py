@@ -11,12 +11,15 @@ machine. Memory is measured two ways, both deterministic:
   during the call, inputs and parameters included).
 """
 import gzip
+import importlib
 import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
+import types
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,6 +170,30 @@ def operator_counts(call: Callable[[], object], device: str = 'cpu') -> Dict[str
         result['kernels'] = sum(event.device_type == torch.autograd.DeviceType.CUDA
                                 for event in prof.events())
     return result
+
+
+def import_bcn_before(folder: Path) -> type:
+    """Another revision's ``BCN`` class, side by side with the installed one.
+
+    ``folder`` holds that revision's ``mmws/models/bcn.py``, ``functional.py`` and
+    ``load_checks.py`` (e.g. ``git show main:mmws/models/bcn.py > folder/bcn.py``); they are
+    imported as the package ``mmws_before.models``, their registry decorator a no-op.
+    """
+    package = types.ModuleType('mmws_before')
+    package.__path__ = []
+    models = types.ModuleType('mmws_before.models')
+    models.__path__ = [str(folder)]
+    registry = types.ModuleType('mmws_before.registry')
+
+    class _Unregistered:
+
+        def register_module(self, *args, **kwargs):
+            return lambda cls: cls
+
+    registry.MODELS = _Unregistered()
+    sys.modules.update({'mmws_before': package, 'mmws_before.models': models,
+                        'mmws_before.registry': registry})
+    return importlib.import_module('mmws_before.models.bcn').BCN
 
 
 def machine() -> Dict[str, object]:

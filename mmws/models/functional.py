@@ -13,11 +13,11 @@ Notation: ``x`` has shape ``(N, C, *S)`` with ``M = prod(S)`` spatial positions,
 where (mean, var) are the per-channel statistics the batch part normalizes with (estimates, or
 the batch's own) and (m, v) the per-sample, per-group biased statistics of ``y``.
 
-Performance notes. On a GPU a small layer costs one launch per operator, so every function here
-is written in few operators and without host synchronization (no ``.item()``, no branching on a
-tensor's value): rates, counts and masks stay on the device. BCN runs on the two native kernels
-that already do the per-channel and per-group work, ``native_batch_norm`` and
-``native_group_norm``, forward and backward.
+No function here synchronizes with the host (no ``.item()``, no branching on a tensor's
+value): rates, counts and masks stay on the device. BCN has two training paths computing the
+same function: :func:`batch_channel_norm` (two native kernels each way: few operators, for small
+maps) and :func:`two_pass_batch_channel_norm` (GroupNorm's passes over the activations, for
+large maps).
 """
 import math
 from typing import List, Optional, Sequence, Tuple
