@@ -84,9 +84,9 @@ class BCN(nn.GroupNorm):
     ``r_t = max(r, 1 / (t + 1))`` with ``average_warmup`` (``t = num_batches_tracked``), else
     ``r``; ``momentum`` lives in a device buffer (changing it recompiles nothing). A step whose
     statistics are non-finite in a channel leaves that channel's estimates untouched and does
-    not advance ``t``; ``num_batches_skipped`` counts such steps (one warning per layer, at
-    ``eval()``). A checkpoint without ``t`` loads as warmed up, one without
-    ``num_batches_skipped`` with 0.
+    not advance ``t``; the buffer ``num_batches_skipped`` (not saved in checkpoints) counts
+    such steps, with one warning per layer at ``eval()``. A checkpoint without ``t`` loads as
+    warmed up.
 
     Args:
         num_features: Number of channels ``C``.
@@ -133,7 +133,10 @@ class BCN(nn.GroupNorm):
         self.register_buffer('running_mean', torch.zeros(num_features))
         self.register_buffer('running_var', torch.ones(num_features))
         self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
-        self.register_buffer('num_batches_skipped', torch.tensor(0, dtype=torch.long))
+        # Not in the state dict: a diagnostic of this run (checkpoints and their converter
+        # keep the layout of BN-style estimates).
+        self.register_buffer('num_batches_skipped', torch.tensor(0, dtype=torch.long),
+                             persistent=False)
         # The rate schedule, read by the forward on the device (see `momentum`).
         self.register_buffer('rate_config', torch.zeros(3, 2), persistent=False)
         self.momentum = momentum
@@ -339,10 +342,6 @@ class BCN(nn.GroupNorm):
         if key not in state_dict and prefix + 'running_mean' in state_dict:
             warm = math.ceil(1 / self.momentum) - 1 if self.momentum > 0 else 0
             state_dict[key] = torch.tensor(warm, dtype=torch.long)
-        # Checkpoints from before the non-finite skip: nothing was skipped.
-        key = prefix + 'num_batches_skipped'
-        if key not in state_dict and prefix + 'running_mean' in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
         check_bcn_state(state_dict, prefix, unexpected_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
