@@ -527,6 +527,7 @@ def test_auto_path_by_shape():
     assert bcn._path(large) == 'two_pass'
     assert bcn._path(large.contiguous(memory_format=torch.channels_last)) == 'two_pass'
     assert bcn._path(torch.randn(0, 64, 64, 64)) == 'few_ops'
+    assert bcn._path(torch.randn(512, 64, 7, 7)) == 'few_ops'  # a RoI head: small maps
     assert BCN(64, training_path='two_pass')._path(torch.randn(2, 64, 4, 4)) == 'two_pass'
     assert BCN(64, training_path='few_ops')._path(large) == 'few_ops'
 

@@ -22,11 +22,13 @@ from .load_checks import check_bcn_state
 
 MODES = ('micro', 'batch', 'sync')
 TRAINING_PATHS = ('auto', 'few_ops', 'two_pass')
-#: ``training_path='auto'`` takes the two-pass path from this many input elements up (and
-#: for contiguous inputs): below it the operators, not the passes, set the time (CPU, 2
-#: threads: the two-pass path is faster from about 2×64×64² = 2¹⁹ elements on, slower at
-#: 2×256×7²; see ``benchmarks/bench_layers.py``).
+#: ``training_path='auto'`` takes the two-pass path for inputs of at least this many elements
+#: with at least :data:`TWO_PASS_MIN_VALUES` values per (sample, channel): below either, the
+#: operators on ``(N, C)`` tensors, not the passes, set the time (CPU, 2 threads, BCN / GN
+#: few-ops vs two-pass: 2.97 / 8.34 at 512×256×7², 2.91 / 3.38 at 128×256×14², 2.9 / 1.46
+#: at 32×256×28²; ``benchmarks/bench_layers.py`` for the large maps).
 TWO_PASS_MIN_NUMEL = 2**18
+TWO_PASS_MIN_VALUES = 512
 
 
 def _distributed_world_size() -> int:
@@ -97,7 +99,8 @@ class BCN(nn.GroupNorm):
         average_warmup: Whether the rate is ``max(r, 1 / (t + 1))``.
         training_path: ``'few_ops'`` (two native kernels each way; small maps), ``'two_pass'``
             (GroupNorm's passes over the activations; large maps) or ``'auto'`` (by shape,
-            :data:`TWO_PASS_MIN_NUMEL`). Both compute the same function and gradients.
+            :data:`TWO_PASS_MIN_NUMEL`, :data:`TWO_PASS_MIN_VALUES`). Both compute the same
+            function and gradients.
 
     Shape:
         Input ``(N, C, *S)``, any ``N >= 0`` (an empty input updates nothing but still joins
@@ -224,7 +227,8 @@ class BCN(nn.GroupNorm):
             return 'few_ops'  # nothing to pass over: only the all-reduces matter
         if self.training_path != 'auto':
             return self.training_path
-        return 'two_pass' if x.numel() >= TWO_PASS_MIN_NUMEL else 'few_ops'
+        large = x.numel() >= TWO_PASS_MIN_NUMEL
+        return 'two_pass' if large and x[0, 0].numel() >= TWO_PASS_MIN_VALUES else 'few_ops'
 
     def _normalize(self, x: Tensor) -> Tensor:
         if not self.training:
