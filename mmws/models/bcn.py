@@ -68,27 +68,27 @@ class BCN(nn.GroupNorm):
     """Batch-Channel Normalization: ``BCN(x) = CN(BN(x))``.
 
     For ``x`` of shape ``(N, C, *S)``, with ``(m, v)`` the per-sample mean and biased variance
-    of ``y`` over the ``C / G`` channels of group ``g`` and all positions::
+    of ``y`` over the ``C / G`` channels of group ``g`` and all positions, and ``(μ, σ²)`` by
+    ``mode`` below (in ``eval()``, always the estimates)::
 
         y[n,c] = γ_bn[c] (x[n,c] - μ[c]) / sqrt(σ²[c] + eps) + β_bn[c]        (batch part)
         z[n,c] = γ[c] (y[n,c] - m[n,g]) / sqrt(v[n,g] + eps) + β[c]            (channel part)
-
-    ``(μ, σ²)`` by ``mode`` (in ``eval()``, always the estimates):
 
     - ``'micro'``: the estimates, first moved toward the batch with rate ``r`` (EstBN):
       ``μ̂ ← (1-r) μ̂ + r μ_B``, ``σ̂² ← (1-r) σ̂² + r (σ²_B + (μ_B - μ̂_old)²)`` (the very
       first update about ``μ_B``); no gradient through them. Under ``torch.distributed`` the
       batch statistics are those of all processes' elements (one all-reduce).
-    - ``'batch'``: the batch's statistics, as ``nn.BatchNorm2d`` (the estimates follow the
-      batch mean and unbiased variance); equals ``BatchNorm2d → GroupNorm``.
-    - ``'sync'``: the statistics of all processes' batches, as ``nn.SyncBatchNorm``.
+    - ``'batch'`` / ``'sync'``: the batch's (all processes') statistics, as ``nn.BatchNorm2d``
+      (``nn.SyncBatchNorm``); ``'batch'`` equals ``BatchNorm2d → GroupNorm``.
 
     ``r_t = max(r, 1 / (t + 1))`` with ``average_warmup`` (``t = num_batches_tracked``), else
     ``r``; ``momentum`` lives in a device buffer (changing it recompiles nothing). A step whose
     statistics are non-finite in a channel leaves that channel's estimates untouched and does
     not advance ``t``; the buffer ``num_batches_skipped`` (not saved in checkpoints) counts
     such steps, with one warning per layer at ``eval()``. A checkpoint without ``t`` loads as
-    warmed up.
+    warmed up. A ``nn.GroupNorm`` subclass, not a ``_BatchNorm``: MMEngine's optimizer treats
+    all four affines as norm parameters; ``convert_sync_batchnorm``, the runner's ``sync_bn``
+    and mmdet's ``norm_eval`` leave it alone (use ``mode='sync'``, ``momentum=0``).
 
     Args:
         num_features: Number of channels ``C``.
@@ -98,13 +98,13 @@ class BCN(nn.GroupNorm):
         mode: ``'micro'``, ``'batch'`` or ``'sync'``.
         average_warmup: Whether the rate is ``max(r, 1 / (t + 1))``.
         training_path: ``'few_ops'`` (two native kernels each way; small maps), ``'two_pass'``
-            (GroupNorm's passes over the activations; large maps) or ``'auto'`` (by shape,
-            :data:`TWO_PASS_MIN_NUMEL`, :data:`TWO_PASS_MIN_VALUES`). Both compute the same
-            function and gradients.
+            (GroupNorm's passes over the activations; large maps) or ``'auto'`` (by shape:
+            :data:`TWO_PASS_MIN_NUMEL`, :data:`TWO_PASS_MIN_VALUES`); the same function.
 
     Shape:
         Input ``(N, C, *S)``, any ``N >= 0`` (an empty input updates nothing but still joins
-        the all-reduce); output the same shape, dtype and memory format.
+        the all-reduce); output the same shape, dtype and memory format. An fp16/bf16 input is
+        normalized in float32 (returned as float32 under autocast, else in its own dtype).
     """
 
     _abbr_ = 'bcn'
