@@ -452,6 +452,8 @@ def parse_args(argv):
                         help='torch intra-op threads (default: 2; 1 with --quick, so that the '
                         'smoke run stays fast on a loaded machine)')
     parser.add_argument('--norm-only', action='store_true', help='only the normalizations')
+    parser.add_argument('--norm-shapes', nargs='+', default=None, metavar='NxCxHxW',
+                        help='the normalizations\' shapes (default: the targets\' shapes)')
     parser.add_argument('--bcn-before', type=Path, default=None,
                         help='a folder with bcn.py, functional.py and load_checks.py of another '
                         'mmws revision: its BCN (micro, batch) is timed side by side')
@@ -474,6 +476,8 @@ def main(argv=None) -> Dict[str, object]:
     else:
         norm_shapes, conv_shapes = NORM_SHAPES, CONV_SHAPES
         repeats, min_seconds = args.repeats, 0.5
+    if args.norm_shapes:
+        norm_shapes = [tuple(int(v) for v in shape.split('x')) for shape in args.norm_shapes]
     if args.norm_only:
         conv_shapes = []
     if args.bcn_before is not None:
