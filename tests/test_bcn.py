@@ -598,3 +598,18 @@ def test_skipped_steps_warn_once_per_layer_at_eval():
         bcn.train()(x * float('inf'))
         bcn.eval()
         bcn.eval()(x)
+
+
+@pytest.mark.parametrize('path', PATHS)
+def test_output_takes_an_in_place_activation(path):
+    """BCN → ReLU(inplace=True), as every ConvModule builds it."""
+    bcn = randomize(BCN(16, num_groups=4, training_path=path)).train()
+    reference = copy.deepcopy(bcn)
+    x = make_input((2, 16, 5, 5)).requires_grad_()
+    twin = x.detach().clone().requires_grad_()
+    out = nn.ReLU(inplace=True)(bcn(x))
+    expected = reference(twin).relu()
+    (out * make_input(out.shape, seed=3)).sum().backward()
+    (expected * make_input(out.shape, seed=3)).sum().backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(x.grad, twin.grad)
