@@ -449,10 +449,11 @@ def _affine_pass(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor,
         n, c, m = _group_norm_shape(x)
         # Written into a tensor of x's shape, not returned as a view of the kernel's output:
         # a Function's output that is a view cannot be modified in place (ReLU(inplace=True)).
-        out, unused = torch.empty_like(x), x.new_empty(0)
+        out = torch.empty_like(x)
+        unused = [torch.empty(0, dtype=x.dtype, device=x.device) for _ in range(2)]
         torch.native_batch_norm(x.view(1, n * c, m), scale.view(-1), shift.view(-1),
                                 center.view(-1), ones, False, 0.0, 0.0,
-                                out=(out.view(1, n * c, m), unused, unused.clone()))
+                                out=(out.view(1, n * c, m), *unused))
         return out
     scale, shift = scale.view(center.shape), shift.view(center.shape)
     return torch.addcmul(_channel_view(shift - scale * center, x).to(x.dtype), x,
