@@ -1,5 +1,4 @@
-"""Independent references of WS and BCN written from the equations of Qiao et al. (arXiv
-1903.10520) and the authors' code (EstBN for the micro-batch estimates).
+"""Independent references of WS and BCN written from the equations of the paper (arXiv 1903.10520) and the authors' code.
 
 Deliberately naive (explicit per-filter / per-group loops, textbook formulas) and sharing no
 code with :mod:`mmws`.
