@@ -21,7 +21,9 @@ with ``--peak-memory``, the profiler's peak memory of one step. Writes
 
 Run: ``.venv/bin/python benchmarks/bench_models.py`` (about 5 minutes on 2 cores at the
 defaults: Mask R-CNN at 512² with 128 RoIs, DeepLabV3 at 256², ResNet-50 at 512²), ``--quick``
-for a smoke run on ResNet-18 models at 64 pixels.
+for a smoke run on ResNet-18 models at 64 pixels. ``--norms GN+WS BCN+WS --no-backbone
+--bcn-before DIR`` times BCN+WS against another revision's BCN side by side (``DIR`` holds that
+revision's ``mmws/models/{bcn,functional,load_checks}.py``, e.g. from ``git show main:...``).
 """
 import argparse
 import copy
@@ -38,12 +40,13 @@ from mmengine.registry import DefaultScope
 from torch import nn
 
 from bench_layers import StdConv2d
-from common import (RESULTS_DIR, check_targets, machine, peak_bytes, revision, saved_bytes,
-                    targets_table, time_interleaved, utc_now, write_json)
+from common import (RESULTS_DIR, check_targets, import_bcn_before, machine, peak_bytes,
+                    revision, saved_bytes, targets_table, time_interleaved, utc_now, write_json)
 from mmws import ConvWS
 from render_performance import backbone_table, steps_table
 
 NORMS = ('BN', 'GN', 'GN+WS', 'BCN+WS')
+BEFORE = 'BCN+WS before'  # with --bcn-before: another revision's BCN
 GN = dict(type='GN', num_groups=32, requires_grad=True)
 BCN = dict(type='mmws.BCN', num_groups=32)
 WS = dict(type='mmws.ConvWS')
@@ -59,8 +62,15 @@ CONVS = {'Conv2d': nn.Conv2d, 'mmcv ConvWS2d': ConvWS2d, 'timm StdConv2d': StdCo
 def norm_delta(norm: str) -> Dict[str, Optional[dict]]:
     """``norm_cfg`` / ``conv_cfg`` of a variant (``None``: keep the config's)."""
     return {'BN': dict(norm_cfg=None, conv_cfg=None), 'GN': dict(norm_cfg=GN, conv_cfg=None),
-            'GN+WS': dict(norm_cfg=GN, conv_cfg=WS), 'BCN+WS': dict(norm_cfg=BCN,
-                                                                     conv_cfg=WS)}[norm]
+            'GN+WS': dict(norm_cfg=GN, conv_cfg=WS), 'BCN+WS': dict(norm_cfg=BCN, conv_cfg=WS),
+            BEFORE: dict(norm_cfg=dict(BCN, type='mmws.BCNBefore'), conv_cfg=WS)}[norm]
+
+
+def register_bcn_before(folder: Path) -> None:
+    """Register another revision's BCN (:func:`common.import_bcn_before`) as
+    ``mmws.BCNBefore``."""
+    from mmws.registry import MODELS
+    MODELS.register_module(name='BCNBefore', module=import_bcn_before(folder))
 
 
 def with_norm(part: dict, norm_cfg: Optional[dict], conv_cfg: Optional[dict]) -> dict:
@@ -158,9 +168,10 @@ def train_step(model: nn.Module, batch: dict) -> Dict[str, Callable[[], object]]
 
 
 def bench_train_steps(build: Callable[[str], nn.Module], batch: dict, repeats: int,
-                      warmup: int, profile_memory: bool) -> Dict[str, Dict[str, float]]:
+                      warmup: int, profile_memory: bool,
+                      norms=NORMS) -> Dict[str, Dict[str, float]]:
     steps = {}
-    for norm in NORMS:
+    for norm in norms:
         torch.manual_seed(0)
         steps[norm] = train_step(build(norm), batch)
     times = time_interleaved({norm: calls['step'] for norm, calls in steps.items()}, repeats,
@@ -227,18 +238,22 @@ def bench_backbone(size: int, depth: int, repeats: int,
 
 
 def model_targets(payload: dict) -> List[Dict[str, object]]:
-    mask_rcnn, backbone = payload['mask_rcnn']['variants'], payload['backbone']['variants']
-    depth = payload['depth']
-    return check_targets([
-        dict(name=f'Mask R-CNN R-{depth} train step, BCN+WS / GN+WS',
-             value=mask_rcnn['BCN+WS']['ms'] / mask_rcnn['GN+WS']['ms'], limit=1.15),
-        dict(name=f'ResNet-{depth} GN training, mmws ConvWS / Conv2d',
-             value=backbone['mmws ConvWS']['train_ms'] / backbone['Conv2d']['train_ms'],
-             limit=1.05),
-        dict(name=f'ResNet-{depth} GN eval, mmws ConvWS / Conv2d',
-             value=backbone['mmws ConvWS']['eval_ms'] / backbone['Conv2d']['eval_ms'],
-             limit=1.01),
-    ])
+    mask_rcnn, depth = payload['mask_rcnn']['variants'], payload['depth']
+    targets = []
+    if {'BCN+WS', 'GN+WS'} <= set(mask_rcnn):
+        targets.append(dict(name=f'Mask R-CNN R-{depth} train step, BCN+WS / GN+WS',
+                            value=mask_rcnn['BCN+WS']['ms'] / mask_rcnn['GN+WS']['ms'],
+                            limit=1.15))
+    if 'backbone' in payload:
+        backbone = payload['backbone']['variants']
+        targets += [
+            dict(name=f'ResNet-{depth} GN training, mmws ConvWS / Conv2d',
+                 value=backbone['mmws ConvWS']['train_ms'] / backbone['Conv2d']['train_ms'],
+                 limit=1.05),
+            dict(name=f'ResNet-{depth} GN eval, mmws ConvWS / Conv2d',
+                 value=backbone['mmws ConvWS']['eval_ms'] / backbone['Conv2d']['eval_ms'],
+                 limit=1.01)]
+    return check_targets(targets)
 
 
 def parse_args(argv):
@@ -262,6 +277,13 @@ def parse_args(argv):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch intra-op threads (default: 2; 1 with --quick, so that the '
                         'smoke run stays fast on a loaded machine)')
+    parser.add_argument('--norms', nargs='+', choices=NORMS, default=list(NORMS),
+                        help='the normalizations of the detection and segmentation rows')
+    parser.add_argument('--bcn-before', type=Path, default=None,
+                        help='a folder with bcn.py, functional.py and load_checks.py of another '
+                        f'mmws revision: adds the variant "{BEFORE}" side by side')
+    parser.add_argument('--no-backbone', action='store_true',
+                        help='skip the ResNet GN backbone rows (the WS convolutions)')
     parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'models.json')
     return parser.parse_args(argv)
 
@@ -275,6 +297,10 @@ def main(argv=None) -> dict:
     else:
         depth, warmup = 50, 1
     profile_memory = args.peak_memory
+    norms = list(args.norms)
+    if args.bcn_before is not None:
+        register_bcn_before(args.bcn_before)
+        norms.append(BEFORE)
     payload = dict(benchmark='models', taken_at=utc_now(), revision=revision(),
                    machine=machine(), quick=args.quick,
                    repeats=args.repeats, warmup=warmup, depth=depth)
@@ -282,20 +308,21 @@ def main(argv=None) -> dict:
         config=MASK_RCNN_CONFIG, size=args.det_size, rois=args.rois,
         variants=bench_train_steps(partial(mask_rcnn_model, rois=args.rois, depth=depth),
                                    mask_rcnn_batch(args.det_size), args.repeats, warmup,
-                                   profile_memory))
+                                   profile_memory, norms))
     print(f'\nMask R-CNN R-{depth}-FPN, train step at 1×3×{args.det_size}², {args.rois} '
           'RoIs:\n' + steps_table(payload['mask_rcnn']['variants']), flush=True)
     payload['deeplabv3'] = dict(
         config=DEEPLABV3_CONFIGS[depth], size=args.seg_size,
         variants=bench_train_steps(partial(deeplabv3_model, size=args.seg_size, depth=depth),
                                    deeplabv3_batch(args.seg_size), args.repeats, warmup,
-                                   profile_memory))
+                                   profile_memory, norms))
     print(f'\nDeepLabV3 R-{depth}-D8, train step at 1×3×{args.seg_size}²:\n' +
           steps_table(payload['deeplabv3']['variants']), flush=True)
-    payload['backbone'] = dict(size=args.backbone_size, variants=bench_backbone(
-        args.backbone_size, depth, args.repeats, warmup))
-    print(f'\nResNet-{depth} GN backbone at 1×3×{args.backbone_size}²:\n' +
-          backbone_table(payload['backbone']['variants']))
+    if not args.no_backbone:
+        payload['backbone'] = dict(size=args.backbone_size, variants=bench_backbone(
+            args.backbone_size, depth, args.repeats, warmup))
+        print(f'\nResNet-{depth} GN backbone at 1×3×{args.backbone_size}²:\n' +
+              backbone_table(payload['backbone']['variants']))
     payload['targets'] = model_targets(payload)
     print('\nTargets:\n' + targets_table(payload['targets']))
     write_json(args.out, payload)

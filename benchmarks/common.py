@@ -11,12 +11,15 @@ machine. Memory is measured two ways, both deterministic:
   during the call, inputs and parameters included).
 """
 import gzip
+import importlib
 import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
+import types
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,8 +124,9 @@ def peak_bytes(call: Callable[[], object]) -> int:
     return int(max((sum(by_category) for by_category in sizes), default=0))
 
 
-# Aten operators that launch no work (views, metadata, allocation) and the host syncs, as
-# `../shared/tools/opcount.py` classifies them.
+# Aten operators that launch no work (views, metadata, allocation) and the host syncs: the
+# classification of the operator-count protocol (see `operator_counts`), shared with the
+# project's external operator-count tool, so that both count the same.
 NOT_COMPUTE = frozenset({
     'view', 'reshape', '_reshape_alias', 'expand', 'as_strided', 'unsqueeze', 'squeeze',
     'select', 'slice', 't', 'transpose', 'permute', 'detach', 'alias', 'lift_fresh', 'empty',
@@ -137,11 +141,15 @@ HOST_SYNC = frozenset({'item', '_local_scalar_dense', 'is_nonzero'})
 def operator_counts(call: Callable[[], object], device: str = 'cpu') -> Dict[str, object]:
     """The operators one ``call()`` launches, as a GPU would launch them.
 
-    Counts the top-level aten operators the profiler records (after one untimed warm-up
-    call): ``compute`` (everything but views and metadata: each is at least one kernel
-    launch on a GPU) and ``host_syncs`` (``item`` / ``_local_scalar_dense`` / ``is_nonzero``:
-    a device-to-host copy that stalls the GPU queue), with ``names`` the compute operators by
-    name. On ``device='cuda'`` also ``kernels``: the CUDA kernels actually launched.
+    The protocol (the tests assert budgets with it): one untimed warm-up call, then the
+    profiler records one call; every aten operator whose parent is not an aten operator (the
+    top level) counts, ``compute`` being all of them but :data:`NOT_COMPUTE` (views, metadata,
+    allocation: each counted one is at least one kernel launch on a GPU) and ``host_syncs``
+    those in :data:`HOST_SYNC` (a device-to-host copy that stalls the GPU queue). For a layer
+    the call is ``layer(x).sum().backward()``: the loss ``sum``, the backward's seed
+    (``ones_like``) and the accumulation of each gradient into an existing ``.grad`` (after
+    the warm-up) are counted too. ``names`` gives the compute operators by name; on
+    ``device='cuda'`` also ``kernels``: the CUDA kernels actually launched.
     """
     call()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
@@ -164,6 +172,30 @@ def operator_counts(call: Callable[[], object], device: str = 'cpu') -> Dict[str
     return result
 
 
+def import_bcn_before(folder: Path) -> type:
+    """Another revision's ``BCN`` class, side by side with the installed one.
+
+    ``folder`` holds that revision's ``mmws/models/bcn.py``, ``functional.py`` and
+    ``load_checks.py`` (e.g. ``git show main:mmws/models/bcn.py > folder/bcn.py``); they are
+    imported as the package ``mmws_before.models``, their registry decorator a no-op.
+    """
+    package = types.ModuleType('mmws_before')
+    package.__path__ = []
+    models = types.ModuleType('mmws_before.models')
+    models.__path__ = [str(folder)]
+    registry = types.ModuleType('mmws_before.registry')
+
+    class _Unregistered:
+
+        def register_module(self, *args, **kwargs):
+            return lambda cls: cls
+
+    registry.MODELS = _Unregistered()
+    sys.modules.update({'mmws_before': package, 'mmws_before.models': models,
+                        'mmws_before.registry': registry})
+    return importlib.import_module('mmws_before.models.bcn').BCN
+
+
 def machine() -> Dict[str, object]:
     """The machine and software the numbers were taken on."""
     cpu = platform.processor() or platform.machine()
@@ -175,7 +207,10 @@ def machine() -> Dict[str, object]:
                 break
     return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(),
                 python=platform.python_version(), torch=torch.__version__,
-                system=f'{platform.system()} {platform.release()}')
+                system=f'{platform.system()} {platform.release()}',
+                load_average=[round(load, 2) for load in os.getloadavg()],
+                malloc_mmap_threshold=os.environ.get('MALLOC_MMAP_THRESHOLD_',
+                                                     'glibc default (dynamic, from 128 KiB)'))
 
 
 def revision() -> str:

@@ -1,4 +1,6 @@
 import copy
+import math
+import warnings
 
 import pytest
 import torch
@@ -9,6 +11,8 @@ from torch import nn
 from mmws import BCN
 
 SHAPES = [(2, 8, 5, 7), (1, 64, 9, 9), (3, 16, 4), (2, 32, 3, 3, 3), (4, 8)]
+# The two training paths compute the same function; `auto` picks one by shape.
+PATHS = ['few_ops', 'two_pass']
 
 
 def randomize(bcn: BCN, seed: int = 0) -> BCN:
@@ -49,9 +53,10 @@ def test_eval_uses_estimates(shape, mode):
     assert torch.equal(bcn.running_mean, before)
 
 
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('shape', SHAPES)
-def test_micro_training_updates_then_normalizes(shape):
-    bcn = randomize(BCN(shape[1], num_groups=4, momentum=0.2)).train()
+def test_micro_training_updates_then_normalizes(shape, path):
+    bcn = randomize(BCN(shape[1], num_groups=4, momentum=0.2, training_path=path)).train()
     ref = ReferenceEstimates(shape[1], 0.2)
     ref.mean, ref.var, ref.steps = (bcn.running_mean.double().clone(),
                                     bcn.running_var.double().clone(), 100)
@@ -121,9 +126,11 @@ def test_population_variance_form_of_the_estimates():
     torch.testing.assert_close(bcn.running_var, expected.float())
 
 
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('shape,groups', [((4, 8, 5, 5), 4), ((2, 16, 3), 4), ((6, 16), 2)])
-def test_batch_mode_is_batchnorm_then_groupnorm(shape, groups):
-    bcn = BCN(shape[1], num_groups=groups, mode='batch', average_warmup=False).train()
+def test_batch_mode_is_batchnorm_then_groupnorm(shape, groups, path):
+    bcn = BCN(shape[1], num_groups=groups, mode='batch', average_warmup=False,
+              training_path=path).train()
     randomize(bcn).num_batches_tracked.zero_()
     bn = nn.BatchNorm2d(shape[1]) if len(shape) == 4 else nn.BatchNorm1d(shape[1])
     gn = nn.GroupNorm(groups, shape[1])
@@ -176,10 +183,12 @@ def test_loaded_estimates_without_step_counter_are_kept():
     torch.testing.assert_close(bcn.running_mean, expected)
 
 
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('shape', [(4, 8, 5, 5), (2, 16, 3), (3, 8, 2, 2, 2)])
 @pytest.mark.parametrize('mode', ['batch', 'sync'])
-def test_batch_modes_use_batch_statistics(shape, mode):
-    bcn = randomize(BCN(shape[1], num_groups=4, mode=mode, momentum=0.1)).train()
+def test_batch_modes_use_batch_statistics(shape, mode, path):
+    bcn = randomize(BCN(shape[1], num_groups=4, mode=mode, momentum=0.1,
+                        training_path=path)).train()
     x = make_input(shape).requires_grad_()
     out = bcn(x)
     mean, var = reference_batch_stats(x.double())
@@ -199,18 +208,21 @@ def test_batch_modes_use_batch_statistics(shape, mode):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('mode', ['micro', 'batch'])
 @pytest.mark.parametrize('shape', [(2, 8, 3, 4), (1, 4, 5), (3, 4)])
-def test_gradcheck(mode, shape):
+def test_gradcheck(mode, shape, path):
     # momentum=0: the estimates stay fixed across gradcheck's repeated forwards
-    bcn = randomize(BCN(shape[1], num_groups=2, mode=mode, momentum=0.0)).double().train()
+    bcn = randomize(BCN(shape[1], num_groups=2, mode=mode, momentum=0.0,
+                        training_path=path)).double().train()
     x = make_input(shape, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda inp, *params: bcn(inp), (x, *params_of(bcn)))
 
 
-def test_micro_gradients_match_reference():
+@pytest.mark.parametrize('path', PATHS)
+def test_micro_gradients_match_reference(path):
     shape = (2, 16, 6, 5)
-    bcn = randomize(BCN(16, num_groups=4)).train()
+    bcn = randomize(BCN(16, num_groups=4, training_path=path)).train()
     x = make_input(shape).requires_grad_()
     out = bcn(x)
     mean, var = bcn.running_mean.double(), bcn.running_var.double()  # after this step's update
@@ -224,10 +236,11 @@ def test_micro_gradients_match_reference():
         torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-4)
 
 
-def test_shared_module_applied_twice_before_backward():
+@pytest.mark.parametrize('path', PATHS)
+def test_shared_module_applied_twice_before_backward(path):
     """A head applied to every FPN level: each application's backward uses the estimates of
     its own forward, though the buffers moved again before the backward runs."""
-    bcn = randomize(BCN(8, num_groups=2, momentum=0.3)).train()
+    bcn = randomize(BCN(8, num_groups=2, momentum=0.3, training_path=path)).train()
     inputs = [make_input((1, 8, 6, 6), seed=1), make_input((1, 8, 3, 3), seed=2)]
     leaves = [x.clone().requires_grad_() for x in inputs]
     outputs, estimates = [], []
@@ -243,8 +256,10 @@ def test_shared_module_applied_twice_before_backward():
         torch.testing.assert_close(leaf.grad, x_ref.grad.float(), rtol=1e-4, atol=1e-5)
 
 
-def test_channels_last_matches_contiguous():
-    bcn = randomize(BCN(32, num_groups=8)).train()
+@pytest.mark.parametrize('mode', ['micro', 'batch'])
+@pytest.mark.parametrize('path', PATHS)
+def test_channels_last_matches_contiguous(path, mode):
+    bcn = randomize(BCN(32, num_groups=8, mode=mode, training_path=path)).train()
     twin = copy.deepcopy(bcn)
     x = make_input((2, 32, 6, 7))
     x_cl = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -256,11 +271,14 @@ def test_channels_last_matches_contiguous():
     (out * weights).sum().backward()
     (out_cl * weights).sum().backward()
     torch.testing.assert_close(x_cl.grad, x.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(twin.bn_weight.grad, bcn.bn_weight.grad, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(params_of(twin), params_of(bcn)):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(twin.running_var, bcn.running_var)
 
 
-def test_saves_only_the_input_for_backward():
-    bcn = BCN(64, num_groups=32).train()
+@pytest.mark.parametrize('path', PATHS)
+def test_saves_only_the_input_for_backward(path):
+    bcn = BCN(64, num_groups=32, training_path=path).train()
     x = make_input((1, 64, 32, 32)).requires_grad_()
     saved = []
 
@@ -271,7 +289,9 @@ def test_saves_only_the_input_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         bcn(x)
     full_size = [t for t in saved if t.numel() == x.numel()]
-    assert len({t.data_ptr() for t in full_size}) == 1
+    # the few-operator path (small maps) keeps BN(x) too instead of recomputing it
+    assert len({t.data_ptr() for t in full_size}) == (1 if path == 'two_pass' else 2)
+    assert all(t.numel() <= 64 * 2 for t in saved if t.numel() != x.numel())
 
 
 def test_state_dict_keys_and_round_trip():
@@ -288,6 +308,11 @@ def test_state_dict_keys_and_round_trip():
     torch.testing.assert_close(other.eval()(x), bcn.eval()(x))
     legacy = {k: v for k, v in bcn.state_dict().items() if k != 'num_batches_tracked'}
     BCN(16, num_groups=4).load_state_dict(legacy, strict=True)
+    # the skip counter is a diagnostic of the run, not part of a checkpoint
+    bcn.num_batches_skipped.fill_(3)
+    assert 'num_batches_skipped' not in bcn.state_dict()
+    other.load_state_dict(bcn.state_dict(), strict=True)
+    assert int(other.num_batches_skipped) == 0
 
 
 def test_empty_input_leaves_estimates_untouched():
@@ -319,6 +344,51 @@ def test_constant_input_is_finite():
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize('path', PATHS)
+@pytest.mark.parametrize('mode', ['micro', 'batch'])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_training_equals_float32(dtype, mode, path):
+    """An autocast step normalizes the fp16/bf16 activation in float32: the result (output,
+    gradients, estimates) of the float32 layer on the rounded input."""
+    bcn = randomize(BCN(16, num_groups=4, mode=mode, training_path=path)).train()
+    twin = copy.deepcopy(bcn)
+    x = make_input((2, 16, 5, 5)).to(dtype)
+    x_half, x_float = x.clone().requires_grad_(), x.float().requires_grad_()
+    weights = make_input((2, 16, 5, 5), seed=4)
+    with torch.autocast('cpu', dtype=dtype):
+        out = bcn(x_half)
+    expected = twin(x_float)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert x_half.grad.dtype == dtype
+    torch.testing.assert_close(x_half.grad, x_float.grad.to(dtype))
+    for ours, theirs in zip(params_of(bcn), params_of(twin)):
+        torch.testing.assert_close(ours.grad, theirs.grad)
+    torch.testing.assert_close(bcn.running_var, twin.running_var)
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_lower_precision_input_outside_autocast(dtype, training):
+    """As nn.GroupNorm: a float32 layer takes an fp16/bf16 input, normalizes it in float32 and
+    returns the input's dtype."""
+    bcn = randomize(BCN(16, num_groups=4)).train(training)
+    twin = copy.deepcopy(bcn)
+    x = make_input((2, 16, 5, 5)).to(dtype).requires_grad_()
+    out = bcn(x)
+    assert out.dtype == dtype
+    x_float = x.detach().float().requires_grad_()
+    expected = twin(x_float)
+    torch.testing.assert_close(out, expected.to(dtype))
+    if training:
+        out.float().sum().backward()
+        expected.sum().backward()
+        assert x.grad.dtype == dtype
+        torch.testing.assert_close(x.grad, x_float.grad.to(dtype))
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_autocast_runs_in_float32(dtype):
     bcn = randomize(BCN(16, num_groups=4)).eval()
@@ -346,6 +416,8 @@ def test_bad_input_is_named():
         BCN(32, mode='bogus')
     with pytest.raises(ValueError, match=r'\(2, 16, 4, 4\)'):
         BCN(32)(torch.randn(2, 16, 4, 4))
+    with pytest.raises(ValueError, match="training_path.*'fast'"):
+        BCN(32, training_path='fast')
 
 
 def test_is_a_group_norm_not_a_batch_norm():
@@ -363,3 +435,181 @@ def test_trace_uses_reference_composition():
     torch.testing.assert_close(traced(x), bcn(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match='eval'):
         torch.jit.trace(bcn.train(), x)
+
+
+def reference_steps(shape, mode, steps, momentum=0.3, groups=4):
+    """Outputs, gradients (input, four affines) and estimates of ``steps`` training steps of a
+    float64 BCN written from the equations (:mod:`reference`), on the inputs of
+    :func:`step_inputs`."""
+    ref = ReferenceEstimates(shape[1], momentum, form='est_bn' if mode == 'micro' else
+                             'unbiased')
+    params = [p.detach().double() for p in params_of(randomize(BCN(shape[1], groups)))]
+    ref.mean, ref.var, ref.steps = params_of_estimates(shape[1])
+    results = []
+    for x, weights in step_inputs(shape, steps):
+        x = x.double().requires_grad_()
+        leaves = [p.clone().requires_grad_() for p in params]
+        if mode == 'micro':
+            ref.update(channel_elements(x.detach()))
+            mean, var = ref.mean, ref.var
+        else:
+            mean, var = reference_batch_stats(x)
+            ref.update(channel_elements(x.detach()))
+        out = reference_bcn(x, mean, var, *leaves, groups)
+        grads = torch.autograd.grad((out * weights.double()).sum(), [x, *leaves])
+        results.append([out.detach(), *grads, ref.mean.clone(), ref.var.clone()])
+    return results, ref.steps
+
+
+def params_of_estimates(channels):
+    bcn = randomize(BCN(channels, 4))
+    return bcn.running_mean.double().clone(), bcn.running_var.double().clone(), 100
+
+
+def step_inputs(shape, steps):
+    return [(make_input(shape, seed=step), make_input(shape, seed=50 + step))
+            for step in range(steps)]
+
+
+def layer_steps(bcn, shape, steps, dtype=torch.float64, memory_format=None):
+    results = []
+    for x, weights in step_inputs(shape, steps):
+        x = x.to(dtype)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        x.requires_grad_()
+        out = bcn(x)
+        grads = torch.autograd.grad((out * weights.to(dtype)).sum(), [x, *params_of(bcn)])
+        results.append([out.detach(), *grads, bcn.running_mean.clone(),
+                        bcn.running_var.clone()])
+    return results
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 5, 7), (1, 16, 4, 4), (3, 8, 6), (1, 8, 1, 1)])
+@pytest.mark.parametrize('mode', ['micro', 'batch', 'sync'])
+def test_paths_equal_the_float64_reference_and_each_other(mode, shape):
+    """Four float64 training steps: outputs, the input and all four parameter gradients, the
+    estimates and the step counter, against the equations and between the paths."""
+    if mode != 'micro' and shape[0] * math.prod(shape[2:]) < 2:
+        pytest.skip('batch statistics need 2 values per channel')
+    steps = 4
+    expected, expected_steps = reference_steps(shape, mode, steps)
+    per_path = {}
+    for path in PATHS:
+        bcn = randomize(BCN(shape[1], num_groups=4, mode=mode, momentum=0.3,
+                            training_path=path)).double().train()
+        per_path[path] = layer_steps(bcn, shape, steps)
+        assert int(bcn.num_batches_tracked) == expected_steps
+        for step, (got, want) in enumerate(zip(per_path[path], expected)):
+            for index, (a, b) in enumerate(zip(got, want)):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10,
+                                           msg=lambda m: f'{path} step {step} tensor {index}: {m}')
+    for a_step, b_step in zip(*per_path.values()):
+        for a, b in zip(a_step, b_step):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('mode', ['micro', 'batch'])
+def test_paths_agree_in_float32_channels_last(mode):
+    layers = {path: randomize(BCN(32, num_groups=8, mode=mode, training_path=path)).train()
+              for path in PATHS}
+    results = {path: layer_steps(layer, (2, 32, 6, 7), 3, torch.float32,
+                                 torch.channels_last) for path, layer in layers.items()}
+    for a_step, b_step in zip(*results.values()):
+        for a, b in zip(a_step, b_step):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_path_by_shape():
+    bcn = BCN(64, num_groups=32).train()
+    large = torch.randn(2, 64, 64, 64)
+    assert bcn._path(torch.randn(2, 64, 32, 32)) == 'few_ops'
+    assert bcn._path(large) == 'two_pass'
+    assert bcn._path(large.contiguous(memory_format=torch.channels_last)) == 'two_pass'
+    assert bcn._path(torch.randn(0, 64, 64, 64)) == 'few_ops'
+    assert bcn._path(torch.randn(512, 64, 7, 7)) == 'few_ops'  # a RoI head: small maps
+    assert BCN(64, training_path='two_pass')._path(torch.randn(2, 64, 4, 4)) == 'two_pass'
+    assert BCN(64, training_path='few_ops')._path(large) == 'few_ops'
+
+
+def test_two_pass_float32_accuracy_on_spread_channel_means():
+    """Channel means 100× their spread, 2×256×64²: the two-pass path's float32 error (output,
+    input gradient; max abs against float64) within 1.5× the few-operator path's."""
+    shape = (2, 256, 64, 64)
+    gen = torch.Generator().manual_seed(0)
+    means = 100 * torch.randn(1, shape[1], 1, 1, generator=gen)
+    x = torch.randn(shape, generator=gen) + means
+    weights = torch.randn(shape, generator=gen)
+    errors = {}
+    reference = randomize(BCN(shape[1], num_groups=32, training_path='few_ops')).double()
+    reference.running_mean.copy_(means.flatten())
+    x64 = x.double().requires_grad_()
+    out64 = reference.train()(x64)
+    grad64, = torch.autograd.grad((out64 * weights.double()).sum(), x64)
+    for path in PATHS:
+        bcn = randomize(BCN(shape[1], num_groups=32, training_path=path))
+        bcn.running_mean.copy_(means.flatten())
+        x32 = x.clone().requires_grad_()
+        out = bcn.train()(x32)
+        grad, = torch.autograd.grad((out * weights).sum(), x32)
+        errors[path] = (float((out.double() - out64).abs().max()),
+                        float((grad.double() - grad64).abs().max()))
+    for few, two in zip(errors['few_ops'], errors['two_pass']):
+        assert two <= 1.5 * few, errors
+
+
+@pytest.mark.parametrize('path', PATHS)
+@pytest.mark.parametrize('mode', ['micro', 'batch', 'sync'])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_non_finite_batch_leaves_estimates_and_counter(bad, mode, path):
+    bcn = randomize(BCN(16, num_groups=4, mode=mode, momentum=0.3, training_path=path))
+    bcn.train()
+    before = copy.deepcopy(bcn)
+    x = make_input((2, 16, 5, 5))
+    x[1, 3, 2, 2] = bad  # one value in channel 3
+    bcn(x)
+    assert torch.isfinite(bcn.running_mean).all() and torch.isfinite(bcn.running_var).all()
+    assert bcn.running_mean[3] == before.running_mean[3]
+    assert bcn.running_var[3] == before.running_var[3]
+    # the other channels moved, as in a clean step
+    clean = copy.deepcopy(before)
+    clean(torch.where(torch.isfinite(x), x, torch.zeros(())))
+    others = [c for c in range(16) if c != 3]
+    torch.testing.assert_close(bcn.running_mean[others], clean.running_mean[others])
+    torch.testing.assert_close(bcn.running_var[others], clean.running_var[others])
+    assert int(bcn.num_batches_tracked) == 100 and int(bcn.num_batches_skipped) == 1
+    out = bcn(make_input((2, 16, 5, 5), seed=3).requires_grad_())
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert int(bcn.num_batches_tracked) == 101 and int(bcn.num_batches_skipped) == 1
+
+
+def test_skipped_steps_warn_once_per_layer_at_eval():
+    bcn = BCN(8, num_groups=2).train()
+    x = make_input((1, 8, 4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        bcn.eval()  # nothing skipped: no warning
+    bcn.train()(torch.full((1, 8, 4, 4), float('nan')))
+    with pytest.warns(RuntimeWarning, match='1 training step.*non-finite'):
+        bcn.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        bcn.train()(x * float('inf'))
+        bcn.eval()
+        bcn.eval()(x)
+
+
+@pytest.mark.parametrize('path', PATHS)
+def test_output_takes_an_in_place_activation(path):
+    """BCN → ReLU(inplace=True), as every ConvModule builds it."""
+    bcn = randomize(BCN(16, num_groups=4, training_path=path)).train()
+    reference = copy.deepcopy(bcn)
+    x = make_input((2, 16, 5, 5)).requires_grad_()
+    twin = x.detach().clone().requires_grad_()
+    out = nn.ReLU(inplace=True)(bcn(x))
+    expected = reference(twin).relu()
+    (out * make_input(out.shape, seed=3)).sum().backward()
+    (expected * make_input(out.shape, seed=3)).sum().backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(x.grad, twin.grad)

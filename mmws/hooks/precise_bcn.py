@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import math
 import random
+import warnings
 from typing import Dict, Iterable, Iterator, Optional
 
 import numpy as np
@@ -44,25 +45,28 @@ def trained_bcns(model: nn.Module) -> Dict[str, BCN]:
 class _InputMoments:
     """A forward pre-hook summing a BCN's input per channel in float64.
 
-    Keeps ``[M, Σ (x - s), Σ (x - s)²]`` over the ``M`` elements ``(n, *S)`` of every call,
-    shifted by ``s``, the layer's estimate of the mean before the pass (it keeps the sum of
-    squares well conditioned).
+    Keeps, per channel, ``[M, Σ (x - s), Σ (x - s)²]`` over the ``M`` elements ``(n, *S)`` of
+    the calls whose values in that channel are all finite, shifted by ``s``, the layer's
+    estimate of the mean before the pass (it keeps the sum of squares well conditioned). A call
+    with a non-finite value in a channel adds nothing to that channel (as a BCN training step
+    leaves that channel's estimates untouched) and counts in ``skipped``; decided on the device.
     """
 
     def __init__(self, shift: Tensor) -> None:
         self.shift = shift.detach().double()
-        channels = shift.numel()
-        self.sums = shift.new_zeros(1 + 2 * channels, dtype=torch.float64)
+        self.sums = shift.new_zeros(3, shift.numel(), dtype=torch.float64)
+        self.skipped = shift.new_zeros(1, dtype=torch.float64)
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         x = args[0].detach()
         if x.numel() == 0:
             return
         centred = x.transpose(0, 1).reshape(x.shape[1], -1).double() - self.shift[:, None]
-        channels = self.shift.numel()
-        self.sums[0] += centred.shape[1]
-        self.sums[1:1 + channels] += centred.sum(1)
-        self.sums[1 + channels:] += centred.square().sum(1)
+        call = torch.stack([centred.new_full((centred.shape[0], ), centred.shape[1]),
+                            centred.sum(1), centred.square().sum(1)])
+        finite = torch.isfinite(call).all(0)
+        self.sums += torch.where(finite, call, 0)
+        self.skipped += finite.logical_not().any()
 
 
 def _training_forward(model: nn.Module, batch) -> None:
@@ -106,9 +110,13 @@ def recompute_bcn_estimates(model: nn.Module, batches: Iterable) -> Dict[str, in
             not wrapped in DDP.
         batches: Training batches, as the train dataloader yields them.
 
+    A call whose input is non-finite in a channel is left out of that channel's statistics
+    (one warning names the layers); a channel without finite input keeps its estimates.
+
     Returns:
-        ``{layer name: M}`` for every trained BCN. A layer with ``M = 0`` (no input on any
-        process) keeps its estimates.
+        ``{layer name: M}`` for every trained BCN (``M``: the elements per channel, the most
+        of any channel). A layer with ``M = 0`` (no input on any process) keeps its
+        estimates.
     """
     layers = trained_bcns(model)
     if not layers:
@@ -131,18 +139,26 @@ def recompute_bcn_estimates(model: nn.Module, batches: Iterable) -> Dict[str, in
         for buffer, saved in saved_buffers:
             buffer.copy_(saved)
 
-    packed = torch.cat([m.sums for m in moments.values()])
+    packed = torch.cat([torch.cat([m.sums.flatten(), m.skipped]) for m in moments.values()])
     all_reduce(packed)
-    counts = {}
+    counts, skipped = {}, {}
     for (name, layer), sums in zip(layers.items(),
-                                   packed.split([m.sums.numel() for m in moments.values()])):
-        count, centred_sum, centred_square_sum = sums[0], *sums[1:].chunk(2)
-        counts[name] = int(count)
+                                   packed.split([m.sums.numel() + 1 for m in moments.values()])):
+        skipped[name] = int(sums[-1])
+        count, centred_sum, centred_square_sum = sums[:-1].view(3, -1)
+        counts[name] = int(count.max())
         if counts[name] == 0:
             continue
-        offset = centred_sum / count
-        layer.running_mean.copy_(moments[name].shift + offset)
-        layer.running_var.copy_((centred_square_sum / count - offset.square()).clamp_min(0))
+        offset = centred_sum / count.clamp_min(1)
+        reached = count > 0  # channels without a finite input keep their estimates
+        mean = moments[name].shift + offset
+        var = (centred_square_sum / count.clamp_min(1) - offset.square()).clamp_min(0)
+        layer.running_mean.copy_(torch.where(reached, mean, layer.running_mean.double()))
+        layer.running_var.copy_(torch.where(reached, var, layer.running_var.double()))
+    if any(skipped.values()):
+        warnings.warn('PreciseBCNHook: non-finite inputs left out (calls per layer): ' +
+                      ', '.join(f'{name}: {n}' for name, n in skipped.items() if n),
+                      RuntimeWarning)
     return counts
 
 

@@ -13,14 +13,14 @@ Notation: ``x`` has shape ``(N, C, *S)`` with ``M = prod(S)`` spatial positions,
 where (mean, var) are the per-channel statistics the batch part normalizes with (estimates, or
 the batch's own) and (m, v) the per-sample, per-group biased statistics of ``y``.
 
-Performance notes. On a GPU a small layer costs one launch per operator, so every function here
-is written in few operators and without host synchronization (no ``.item()``, no branching on a
-tensor's value): rates, counts and masks stay on the device. BCN runs on the two native kernels
-that already do the per-channel and per-group work, ``native_batch_norm`` and
-``native_group_norm``, forward and backward.
+No function here synchronizes with the host (no ``.item()``, no branching on a tensor's
+value): rates, counts and masks stay on the device. BCN has two training paths computing the
+same function: :func:`batch_channel_norm` (two native kernels each way: few operators, for small
+maps) and :func:`two_pass_batch_channel_norm` (GroupNorm's passes over the activations, for
+large maps).
 """
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -165,10 +165,11 @@ def standardize_weight(weight: Tensor,
 def channel_moments(x: Tensor) -> Moments:
     """Per-channel mean and biased variance over the batch and spatial dims, in one pass.
 
-    ``batch_norm_update_stats`` is the batch-norm statistics kernel on its own (no output
-    written, no running statistics to update): as accurate as ``var_mean`` and several times
-    faster on the CPU, where ``var_mean`` over non-innermost dims is a slow generic reduction.
-    The statistics carry no gradient (BCN's backward differentiates through them itself).
+    Eager: ``batch_norm_update_stats``, the batch-norm statistics kernel on its own (as accurate
+    as ``var_mean`` and several times faster on the CPU, where ``var_mean`` over non-innermost
+    dims is a generic reduction). Under ``torch.compile``: ``var_mean``, for which the compiler
+    generates a fused reduction (``batch_norm_update_stats`` has no fake-tensor kernel: a traced
+    call breaks as soon as a shape is dynamic). No gradient flows through them.
 
     Args:
         x: Input, shape ``(N, C, *S)`` with ``N * prod(S) > 0``.
@@ -176,22 +177,75 @@ def channel_moments(x: Tensor) -> Moments:
     Returns:
         ``(mean, var)``, each of shape ``(C,)``.
     """
+    if torch.compiler.is_compiling():
+        var, mean = torch.var_mean(x.detach(), [0, *range(2, x.dim())], correction=0)
+        return mean, var
     return torch.batch_norm_update_stats(x.detach(), None, None, 0.0)
 
 
-def estimate_rate(updates: Tensor, rate_config: Tensor) -> Tensor:
-    """The update rate of a step, on the device: ``r_t = max(r, w / (t + 1))``.
+def sample_moments(x: Tensor) -> Moments:
+    """Per-(sample, channel) mean and biased variance over the spatial dims, in one pass.
+
+    Eager on the CPU, for a contiguous input: the group-norm kernel with one channel per group
+    (``eps = 0``, so ``var = rstd⁻²``, 0 for a constant channel), a vectorized pass about twice
+    as fast there as ``var_mean``. Elsewhere ``var_mean``. No gradient flows through them.
 
     Args:
-        updates: ``t + 1``, the number of updates including this one (long scalar, > 0).
-        rate_config: ``[r, w]``: the rate and the warm-up weight (1 for the averaging warm-up,
-            0 without; with ``w = 1`` the first ``1/r`` estimates are the plain average of all
-            batches so far).
+        x: Input, shape ``(N, C, *S)`` with ``N * C * prod(S) > 0``.
 
     Returns:
-        ``r_t``, a scalar tensor of ``rate_config``'s dtype.
+        ``(mean, var)``, each of shape ``(N, C)``.
     """
-    return torch.maximum(rate_config[0], rate_config[1] / updates)
+    x = x.detach()
+    n, c, m = _group_norm_shape(x)
+    if _flat_kernels(x):
+        _, mean, rstd = torch.native_group_norm(x, None, None, n, c, m, c, 0.0)
+        return mean, rstd.pow(-2)
+    var, mean = torch.var_mean(x, list(range(2, x.dim())), correction=0)
+    return mean.view(n, c), var.view(n, c)
+
+
+def pooled_moments(sample_mean: Tensor, sample_var: Tensor) -> Moments:
+    """Per-channel mean and biased variance of a batch from its per-sample moments.
+
+    For samples of equal size, by the law of total variance: ``mean = E_n[μ_nc]`` and
+    ``var = E_n[v_nc] + Var_n[μ_nc]`` (both terms non-negative: no cancellation).
+
+    Args:
+        sample_mean, sample_var: ``(N, C)``, as :func:`sample_moments` returns them.
+
+    Returns:
+        ``(mean, var)``, each of shape ``(C,)``.
+    """
+    between, mean = torch.var_mean(sample_mean, 0, correction=0)
+    return mean, sample_var.mean(0) + between
+
+
+def schedule_config(rate: float, warmup: bool) -> List[List[float]]:
+    """The ``(3, 2)`` table :func:`estimate_schedule` reads: ``[offsets, lows, highs]``.
+
+    Column 0 is the rate's denominator ``t + 1`` clamped to ``[1, 1/r]`` with the warm-up
+    (``r_t = max(r, 1 / (t + 1))``) or to ``[1/r, 1/r]`` without (``r_t = r``; ``1/0 = inf``
+    gives ``r_t = 0``: frozen estimates, warm-up or not); column 1 is ``t`` clamped to
+    ``[0, 1]``.
+    """
+    inverse = 1 / rate if rate > 0 else math.inf
+    return [[1.0, 0.0], [1.0 if warmup and rate > 0 else inverse, 0.0], [inverse, 1.0]]
+
+
+def estimate_schedule(steps: Tensor, config: Tensor) -> Tuple[Tensor, Tensor]:
+    """The rate of the next estimate update and whether there is an estimate yet, on the
+    device, from one clamp: ``r_t = max(r, 1 / (t + 1))`` (or ``r``) and ``min(t, 1)``.
+
+    Args:
+        steps: ``t``, the updates so far (long scalar).
+        config: :func:`schedule_config` as a ``(3, 2)`` tensor.
+
+    Returns:
+        ``(r_t, has_center)``, scalar tensors of ``config``'s dtype.
+    """
+    bounds = torch.clamp(steps + config[0], config[1], config[2])
+    return bounds[0].reciprocal(), bounds[1]
 
 
 def second_moment_about(center: Tensor, batch_mean: Tensor, batch_var: Tensor,
@@ -213,15 +267,23 @@ def second_moment_about(center: Tensor, batch_mean: Tensor, batch_var: Tensor,
     return torch.addcmul(batch_var, offset, offset)
 
 
-def estimate_update(estimate: Tensor, batch_value: Tensor, rate: Tensor) -> None:
-    """Move an estimate toward a batch statistic in place: ``μ̂ ← (1 - r) μ̂ + r μ_batch``.
+def estimate_update(estimates: Sequence[Tensor], batch_values: Sequence[Tensor], rate: Tensor,
+                    finite: Tensor) -> None:
+    """Move estimates toward batch statistics in place where these are finite.
+
+    ``μ̂ ← (1 - r) μ̂ + r μ_batch`` in the channels where ``finite``; the others keep their
+    value exactly (their target is the estimate itself: a masked rate would still write
+    ``0 · NaN``). One multi-tensor ``lerp_`` for all estimates.
 
     Args:
-        estimate: Running estimate buffer, updated in place.
-        batch_value: This step's statistic, same shape.
-        rate: Update rate ``r`` in ``[0, 1]`` (a scalar tensor or a float).
+        estimates: Running estimate buffers, ``(C,)`` each, updated in place.
+        batch_values: This step's statistics, same shapes.
+        rate: Update rate ``r`` in ``[0, 1]``, a scalar tensor.
+        finite: ``(C,)`` bool, the channels to update.
     """
-    estimate.lerp_(batch_value.to(estimate.dtype), rate)
+    targets = [torch.where(finite, value.to(estimate.dtype), estimate)
+               for estimate, value in zip(estimates, batch_values)]
+    torch._foreach_lerp_(list(estimates), targets, [rate] * len(targets))
 
 
 def batch_affine(mean: Tensor, var: Tensor, bn_weight: Tensor, bn_bias: Tensor,
@@ -240,23 +302,21 @@ def _group_norm_shape(x: Tensor) -> Tuple[int, int, int]:
     return n, c, x[0, 0].numel() if n else int(torch.Size(x.shape[2:]).numel())
 
 
+def _flat_kernels(x: Tensor) -> bool:
+    """Whether the per-(sample, channel) passes run as native CPU kernels over the
+    ``(1, N·C, M)`` view (eager, contiguous; the compiler fuses the plain expressions)."""
+    return x.device.type == 'cpu' and x.is_contiguous() and not torch.compiler.is_compiling()
+
+
 class _BatchChannelNorm(torch.autograd.Function):
-    """``z = GN(BN(x))`` on the native kernels, saving only ``x`` (as ``nn.GroupNorm`` does).
+    """``z = GN(BN(x))`` on the native kernels, two forward and two backward.
 
     Forward: ``y = native_batch_norm(x)`` with the given per-channel ``(mean, var)`` (an
-    element-wise pass), ``z = native_group_norm(y)``; ``y`` is freed. Backward recomputes ``y``
-    from ``x``, then ``dy = native_group_norm_backward(dz)`` and
-    ``dx = native_batch_norm_backward(dy)``:
-
-    - ``grad_mode='estimates'``: ``(mean, var)`` are constants (estimates):
-      ``dx = a dy``, ``a = γ_bn / sqrt(var + eps)``;
-    - ``'batch'``: they are this batch's statistics and the gradient flows through them,
-      ``dx = a (dy - mean(dy) - x̂ mean(dy x̂))`` with ``x̂ = (x - mean) / sqrt(var + eps)``
-      and the means over ``N × M``;
-    - ``'sync'``: the same with the means over all processes' elements (``count`` of them):
-      one all-reduce of the per-channel ``[Σ dy, Σ dy x̂]`` (as ``nn.SyncBatchNorm``).
-
-    The parameter gradients are ``dγ_bn = Σ dy x̂``, ``dβ_bn = Σ dy`` and GN's own.
+    element-wise pass), ``z = native_group_norm(y)``. Backward:
+    ``dy = native_group_norm_backward(dz)`` and
+    ``dx = native_batch_norm_backward(dy)``, with ``(mean, var)`` constants (``'estimates'``)
+    or this batch's statistics (``'batch'``; ``'sync'``: of all processes, one all-reduce of
+    the per-channel ``[Σ dy, Σ dy x̂]`` as ``nn.SyncBatchNorm``).
     """
 
     @staticmethod
@@ -271,19 +331,18 @@ class _BatchChannelNorm(torch.autograd.Function):
         y = torch.native_batch_norm(x, bn_weight, bn_bias, mean, var, False, 0.0, eps)[0]
         out, group_mean, group_rstd = torch.native_group_norm(y, weight, bias, n, c, m,
                                                               num_groups, eps)
-        ctx.save_for_backward(x, mean, var, bn_weight, bn_bias, weight, group_mean, group_rstd,
-                              count)
+        # y is saved, not recomputed: this path serves small maps, where an operator costs
+        # more than the memory.
+        ctx.save_for_backward(x, y, mean, var, bn_weight, weight, group_mean, group_rstd, count)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         if grad_out.numel() == 0:
             return _BatchChannelNorm._empty_backward(ctx, grad_out)
-        x, mean, var, bn_weight, bn_bias, weight, group_mean, group_rstd, count = \
-            ctx.saved_tensors
+        x, y, mean, var, bn_weight, weight, group_mean, group_rstd, count = ctx.saved_tensors
         n, c, m = _group_norm_shape(x)
         eps, grad_mode = ctx.eps, ctx.grad_mode
-        y = torch.native_batch_norm(x, bn_weight, bn_bias, mean, var, False, 0.0, eps)[0]
         grad_y, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
             grad_out.contiguous(memory_format=_memory_format(y)), y, group_mean, group_rstd,
             weight, n, c, m, ctx.num_groups, [True, *ctx.needs_input_grad[5:7]])
@@ -298,8 +357,9 @@ class _BatchChannelNorm(torch.autograd.Function):
             grad_x, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_y, x, bn_weight, mean, var, None, None, False, eps, mask)
             if grad_mode == 'sync':
-                grad_x = _sync_input_grad(grad_x, x, mean, var, bn_weight, grad_bn_weight,
-                                          grad_bn_bias, count, eps)
+                sum_grad, sum_grad_normalized = _all_reduce_sums(grad_bn_bias, grad_bn_weight)
+                grad_x = _sync_input_grad(grad_x, x, mean, var, bn_weight, sum_grad,
+                                          sum_grad_normalized, count, eps)
         return (grad_x, None, None, grad_bn_weight, grad_bn_bias, grad_weight, grad_bias, None,
                 None, None, None)
 
@@ -309,27 +369,28 @@ class _BatchChannelNorm(torch.autograd.Function):
         x, mean, var, bn_weight, count = ctx.saved_tensors
         if ctx.grad_mode == 'sync':
             zeros = mean.new_zeros(mean.shape)
-            _sync_input_grad(grad_out, x, mean, var, bn_weight, zeros, zeros, count, ctx.eps)
+            _all_reduce_sums(zeros, zeros)
         return (grad_out.clone(), ) + (None, ) * 10
 
 
-def _sync_input_grad(grad_x_local: Tensor, x: Tensor, mean: Tensor, var: Tensor,
-                     bn_weight: Tensor, grad_bn_weight: Tensor, grad_bn_bias: Tensor,
-                     count: Tensor, eps: float) -> Tensor:
-    """``dx = a dy - a / count (Σ_all dy + x̂ Σ_all dy x̂)`` from ``a dy`` and local sums.
-
-    One all-reduce of ``[Σ dy, Σ dy x̂]`` over all processes; ``x̂ = (x - mean) ρ`` with
-    ``ρ = 1 / sqrt(var + eps)``, so the correction is ``x k1 + k0`` per channel.
-    """
-    sums = torch.cat([grad_bn_bias, grad_bn_weight]).to(torch.float64)
+def _all_reduce_sums(sum_grad: Tensor, sum_grad_normalized: Tensor) -> Tuple[Tensor, Tensor]:
+    """``[Σ dy, Σ dy x̂]`` per channel, added over all processes (one float64 all-reduce; every
+    training path of every process calls it with the same layout)."""
+    sums = torch.cat([sum_grad, sum_grad_normalized]).to(torch.float64)
     dist.all_reduce(sums)
-    sum_grad, sum_grad_normalized = sums.to(mean.dtype).chunk(2)
+    return sums.to(sum_grad.dtype).chunk(2)
+
+
+def _sync_input_grad(grad_x_local: Tensor, x: Tensor, mean: Tensor, var: Tensor,
+                     bn_weight: Tensor, sum_grad: Tensor, sum_grad_normalized: Tensor,
+                     count: Tensor, eps: float) -> Tensor:
+    """``dx = a dy - a / count (Σ_all dy + x̂ Σ_all dy x̂)`` from ``a dy`` and the global sums;
+    ``x̂ = (x - mean) ρ`` with ``ρ = 1 / sqrt(var + eps)``, so the correction is ``x k1 + k0``
+    per channel."""
     inv_std = torch.rsqrt(var + eps)
     scale = bn_weight * inv_std / count.to(mean.dtype).clamp_min(1)
     x_coef = -scale * inv_std * sum_grad_normalized
     const = -scale * sum_grad - x_coef * mean
-    if x.numel() == 0:
-        return grad_x_local
     shape = (1, -1) + (1, ) * (x.dim() - 2)
     return grad_x_local.add_(const.view(shape)).addcmul_(x, x_coef.view(shape))
 
@@ -352,10 +413,10 @@ def batch_channel_norm(x: Tensor,
                        eps: float,
                        grad_mode: str = 'estimates',
                        count: Optional[Tensor] = None) -> Tensor:
-    """BCN with given batch-part statistics: ``z = GN(BN(x; mean, var))``.
+    """BCN with given batch-part statistics, ``z = GN(BN(x; mean, var))``, in few operators.
 
-    See the module docstring for the equations. Two native kernels forward and three
-    backward (one recomputes ``BN(x)``), saving only ``x`` for the backward.
+    Two native kernels forward and two backward: the path for small maps, where the number
+    of operators sets the time. Saves ``x``, ``BN(x)`` and ``(C,)`` tensors for the backward.
 
     Args:
         x: Input, shape ``(N, C, *S)``.
@@ -376,18 +437,183 @@ def batch_channel_norm(x: Tensor,
                                    eps, grad_mode, count)
 
 
-def batch_channel_norm_reference(x: Tensor, mean: Optional[Tensor], var: Optional[Tensor],
-                                 bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
-                                 bias: Tensor, num_groups: int, eps: float) -> Tensor:
-    """BCN as the plain composition ``group_norm(batch_norm(x))`` of library functions.
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """``(N, C)`` as ``(N, C, 1, ...)``, broadcasting against ``x``."""
+    return t.view(*t.shape, *(1, ) * (x.dim() - 2))
+
+
+def _affine_pass(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor,
+                 ones: Optional[Tensor]) -> Tensor:
+    """``scale (x - center) + shift`` with ``(N, C)`` coefficients: one element-wise pass.
+
+    With ``ones`` (``(N·C,)``, see :func:`_flat_kernels`) an inference-mode batch norm over
+    the ``(1, N·C, M)`` view (2-3× faster on the CPU than a broadcasting ``addcmul``);
+    otherwise the plain expression, in ``x``'s layout.
+    """
+    if ones is not None:
+        n, c, m = _group_norm_shape(x)
+        # Written into a tensor of x's shape, not returned as a view of the kernel's output:
+        # a Function's output that is a view cannot be modified in place (ReLU(inplace=True)).
+        out = torch.empty_like(x)
+        unused = [torch.empty(0, dtype=x.dtype, device=x.device) for _ in range(2)]
+        torch.native_batch_norm(x.view(1, n * c, m), scale.view(-1), shift.view(-1),
+                                center.view(-1), ones, False, 0.0, 0.0,
+                                out=(out.view(1, n * c, m), *unused))
+        return out
+    scale, shift = scale.view(center.shape), shift.view(center.shape)
+    return torch.addcmul(_channel_view(shift - scale * center, x).to(x.dtype), x,
+                         _channel_view(scale, x).to(x.dtype))
+
+
+def _reduction_pass(grad_out: Tensor, x: Tensor, center: Tensor,
+                    ones: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``(Σ dz, Σ dz (x - center))`` per (sample, channel), ``(N, C)`` each: one pass.
+
+    With ``ones``, the batch-norm backward kernel over the ``(1, N·C, M)`` view (its
+    ``grad_bias`` and ``grad_weight`` with ``invstd = 1``); otherwise two fused reductions.
+    """
+    n, c, m = _group_norm_shape(x)
+    if ones is not None and grad_out.dtype == center.dtype:
+        _, centred, total = torch.ops.aten.native_batch_norm_backward(
+            grad_out.contiguous().view(1, n * c, m), x.view(1, n * c, m), None, None, None,
+            center.view(-1), ones, True, 0.0, [False, True, True])
+        return total.view(n, c), centred.view(n, c)
+    dims = list(range(2, x.dim()))
+    grad_out = grad_out.to(center.dtype)
+    centred = (grad_out * (x.to(center.dtype) - _channel_view(center, x))).sum(dims)
+    return grad_out.sum(dims), centred
+
+
+class _TwoPassBatchChannelNorm(torch.autograd.Function):
+    """``z = GN(BN(x))`` at GroupNorm's memory traffic, with a closed-form backward.
+
+    Inputs: ``x`` ``(N, C, *S)``, its per-(sample, channel) moments ``(μ, v)`` ``(N, C)``, the
+    batch part's statistics ``(mean, var)`` ``(C,)``. Every mode makes ``z`` a per-(sample,
+    channel) affine of ``x``, ``z = A (x - μ) + B``: the coefficients come from the moments
+    (the group statistics of ``y = a x + b`` by total variance), then one pass. Backward: one
+    reduction pass for ``S0 = Σ dz``, ``S1 = Σ dz (x - μ)`` per (sample, channel), every
+    parameter gradient in closed form from them, and ``dx = A dz + Q (x - μ) + R`` with
+    ``(N, C)`` coefficients (two passes on the CPU). Saves ``x`` and ``(N, C)`` tensors only.
+    The derivation is in ``docs``; the comments name its symbols.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sample_mean: Tensor, sample_var: Tensor, mean: Tensor,
+                var: Tensor, bn_weight: Tensor, bn_bias: Tensor, weight: Tensor, bias: Tensor,
+                num_groups: int, eps: float, grad_mode: str, count: Optional[Tensor]) -> Tensor:
+        n, c = sample_mean.shape
+        groups = (n, num_groups, c // num_groups)
+        inv_std = torch.rsqrt(var + eps).view(groups[1:])                 # ρ
+        scale = bn_weight.view(groups[1:]) * inv_std                      # a
+        offset = (sample_mean - mean).view(groups)                        # d = μ - mean
+        channel_mean = torch.addcmul(bn_bias.view(groups[1:]), scale, offset)  # E[y]
+        centred = channel_mean - channel_mean.mean(-1, keepdim=True)      # e = E[y] - m
+        group_var = torch.addcmul(centred * centred, scale * scale,
+                                  sample_var.view(groups)).mean(-1, keepdim=True)
+        group_inv_std = torch.rsqrt(group_var + eps)                      # s, (N, G, 1)
+        gain = weight.view(groups[1:]) * group_inv_std                    # γ s
+        out_scale = gain * scale                                          # A
+        ones = torch.ones_like(sample_mean).view(-1) if _flat_kernels(x) and (
+            x.dtype == sample_mean.dtype) else None
+        out = _affine_pass(x, sample_mean, out_scale,
+                           torch.addcmul(bias.view(groups[1:]), gain, centred), ones)
+        ctx.num_groups, ctx.grad_mode = num_groups, grad_mode
+        ctx.save_for_backward(x, sample_mean, sample_var, inv_std, scale, offset, centred,
+                              group_inv_std, gain, out_scale, ones, count)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (x, sample_mean, sample_var, rho, scale, offset, centred, s, gain, out_scale, ones,
+         count) = ctx.saved_tensors
+        n, c, m = _group_norm_shape(x)
+        groups = (n, ctx.num_groups, c // ctx.num_groups)
+        total, centred_total = (t.view(groups) for t in _reduction_pass(grad_out, x,
+                                                                        sample_mean, ones))
+        # Σ_i dz ŷ = s (a S1 + e S0), ŷ the group-normalized y.
+        projected = torch.addcmul(scale * centred_total, centred, total)
+        grad_weight = (s * projected).sum(0).view(c)
+        grad_bias = total.sum(0).view(c)
+        # The channel part's backward, dy = s γ dz - s P0 / (K M) - s² P1 (a (x - μ) + e)
+        # / (K M), with the group sums P0 = Σ γ S0 and P1 = s Σ γ (a S1 + e S0).
+        gamma = gain / s
+        shift_term = s * (gamma * total).mean(-1, keepdim=True)           # s P0 / K
+        coupling = s * s * (gain * projected).mean(-1, keepdim=True)      # s² P1 / K
+        # Per (n, c): T0 = Σ dy, T1 = Σ dy (x - μ).
+        grad_y_total = torch.addcmul(gain * total - shift_term, coupling, centred, value=-1)
+        coupled_scale = coupling * scale
+        grad_y_centred = torch.addcmul(gain * centred_total, coupled_scale,
+                                       sample_var.view(groups), value=-1)
+        grad_bn_bias = grad_y_total.sum(0)
+        grad_bn_weight = (rho * torch.addcmul(grad_y_centred, offset, grad_y_total)).sum(0)
+        # dx = a dy = A dz + Q (x - μ) + R.
+        per_value = scale * (-1 / m)
+        x_coef = coupled_scale * per_value
+        const = torch.addcmul(shift_term, coupling, centred) * per_value
+        if ctx.grad_mode != 'estimates':  # gradient through the batch statistics
+            sum_grad, sum_grad_normalized = grad_bn_bias, grad_bn_weight
+            if ctx.grad_mode == 'sync':
+                sum_grad, sum_grad_normalized = _all_reduce_sums(grad_bn_bias.view(c),
+                                                                 grad_bn_weight.view(c))
+                values = count.to(x_coef.dtype).clamp_min(1)
+            else:
+                values = n * m
+            # -a / count (Σ dy + x̂ Σ dy x̂) with x̂ = ρ (x - μ + d).
+            weight_term = scale * rho * sum_grad_normalized.view(groups[1:]) / values
+            x_coef = x_coef - weight_term
+            const = const - torch.addcmul(scale * sum_grad.view(groups[1:]) / values,
+                                          weight_term, offset)
+        grad_x = _affine_pass(x, sample_mean, x_coef, const, ones)
+        grad_x.addcmul_(grad_out, _channel_view(out_scale.view(n, c), x).to(grad_out.dtype))
+        return (grad_x, None, None, None, None, grad_bn_weight.view(c), grad_bn_bias.view(c),
+                grad_weight, grad_bias, None, None, None, None)
+
+
+def two_pass_batch_channel_norm(x: Tensor,
+                                sample_mean: Tensor,
+                                sample_var: Tensor,
+                                mean: Tensor,
+                                var: Tensor,
+                                bn_weight: Tensor,
+                                bn_bias: Tensor,
+                                weight: Tensor,
+                                bias: Tensor,
+                                num_groups: int,
+                                eps: float,
+                                grad_mode: str = 'estimates',
+                                count: Optional[Tensor] = None) -> Tensor:
+    """BCN at GroupNorm's memory traffic: ``z = A (x - μ) + B`` per (sample, channel).
+
+    The path for large maps: the passes over the activations are those of ``nn.GroupNorm``
+    (one statistics pass, :func:`sample_moments`, then one output pass forward; one reduction
+    pass and the input-gradient pass backward), at the cost of a few dozen operators on
+    ``(N, C)`` tensors. Saves ``x`` and ``(N, C)`` tensors.
+
+    Args:
+        x: Input, shape ``(N, C, *S)`` with ``N > 0``.
+        sample_mean, sample_var: ``(N, C)``, :func:`sample_moments` of ``x``.
+        mean, var, bn_weight, bn_bias, weight, bias, num_groups, eps, grad_mode, count: As
+            :func:`batch_channel_norm`; in ``'batch'`` mode ``(mean, var)`` must be
+            :func:`pooled_moments` of the sample moments.
+
+    Returns:
+        ``z``, same shape and dtype as ``x`` (and memory format).
+    """
+    return _TwoPassBatchChannelNorm.apply(x, sample_mean, sample_var, mean, var, bn_weight,
+                                          bn_bias, weight, bias, num_groups, eps, grad_mode,
+                                          count)
+
+
+def batch_channel_norm_reference(x: Tensor, mean: Tensor, var: Tensor, bn_weight: Tensor,
+                                 bn_bias: Tensor, weight: Tensor, bias: Tensor,
+                                 num_groups: int, eps: float) -> Tensor:
+    """BCN with given statistics as the plain composition ``group_norm(batch_norm(x))``.
 
     The eval-mode forward (it traces and exports to ONNX) and the benchmarks' baseline.
 
     Args:
         x: Input, shape ``(N, C, *S)``.
-        mean: Per-channel mean the batch part uses, ``(C,)``; ``None`` with ``var`` for the
-            batch's own statistics (gradient flows through them).
-        var: Per-channel variance, ``(C,)`` or ``None``.
+        mean, var: Per-channel statistics the batch part uses, ``(C,)``.
         bn_weight, bn_bias: Batch-part affine, ``(C,)``.
         weight, bias: Channel-part affine, ``(C,)``.
         num_groups: ``G``.
@@ -396,7 +622,6 @@ def batch_channel_norm_reference(x: Tensor, mean: Optional[Tensor], var: Optiona
     Returns:
         ``z``, same shape as ``x``.
     """
-    use_batch_stats = mean is None
-    y = torch.nn.functional.batch_norm(x, mean, var, bn_weight, bn_bias,
-                                       training=use_batch_stats, momentum=0.0, eps=eps)
+    y = torch.nn.functional.batch_norm(x, mean, var, bn_weight, bn_bias, training=False,
+                                       momentum=0.0, eps=eps)
     return torch.nn.functional.group_norm(y, num_groups, weight, bias, eps)
