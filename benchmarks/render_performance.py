@@ -112,8 +112,8 @@ def layers_section(layers: Dict) -> List[str]:
         f'Machine: {machine_line(layers)}. Median of at least {layers["repeats"]} interleaved '
         'calls per variant (more for fast shapes).', '',
         '**Operators** of one `layer(x).sum().backward()` in training at x = 2×64×32×32 (the '
-        'loss `sum` and the backward seed included; convolutions 64→64 3×3 without bias, one '
-        'operator fewer than `../shared/tools/opcount.py`\'s with bias), and of '
+        'loss `sum` and the backward seed included, as `benchmarks/common.operator_counts` '
+        'counts them; convolutions 64→64 3×3 without bias), and of '
         'one forward under `no_grad` in `eval()` ("eval" rows). On a GPU each compute operator '
         'is at least one kernel launch; a host sync stalls the launch queue.', '',
         operators_table(layers['operators']), '',
