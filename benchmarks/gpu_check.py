@@ -46,6 +46,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 import types
 import warnings
 from collections import Counter
@@ -758,21 +759,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "'aot_eager_decomp_partition', which needs no C++ compiler)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda but torch.cuda.is_available() is False; use --device cpu')
     if device.type not in ('cuda', 'cpu'):
         parser.error(f"--device must be 'cuda' or 'cpu', got {args.device!r}")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda but torch.cuda.is_available() is False; use --device cpu')
     backend = args.compile_backend or ('aot_eager_decomp_partition' if args.quick
                                        else 'inductor')
     clock = Clock(args.budget_s)
     torch.manual_seed(0)
     report = {'machine': machine(device), 'quick': args.quick, 'sections': {}}
-    layers = load_layers()
+    try:
+        layers = load_layers()
+    except Exception as error:  # noqa: BLE001 -- say why in the JSON that comes back
+        report.update({'pass': False, 'error': f'loading the layers: {type(error).__name__}: '
+                                               f'{error}'[:1000]})
+        write(args.out, report)
+        raise
 
     def save(name: str, result: Dict) -> None:
         report['sections'][name] = result
         report['elapsed_s'] = clock.elapsed()
         write(args.out, report)
+
     report['mmws_layers_from'] = str(Path(layers.functional.__file__).parent)
     sections = [
         ('signatures', lambda: check_signatures(device)),
@@ -789,7 +797,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             result = run()
         except Exception as error:  # noqa: BLE001 -- one broken section must not hide the rest
-            result = {'pass': False, 'error': f'{type(error).__name__}: {error}'[:1000]}
+            result = {'pass': False, 'error': f'{type(error).__name__}: {error}'[:1000],
+                      'traceback': traceback.format_exc()[-3000:]}
         result['seconds'] = time.perf_counter() - begin
         save(name, result)
         print(f'[gpu_check] {name}: pass={result.get("pass", "n/a")} '
