@@ -1,7 +1,7 @@
 # DeepLabV3 R-50 at output stride 16 as the code behind the WS/BCN paper's VOC numbers builds it
 # (github.com/chenxi116/DeepLabv3.pytorch: deeplab.py and main.py at commit 046818d, cited as
 # file:line), BN in every norm slot, synchronized over all GPUs. The authors ran R-101 only
-# (main.py:67-75); the R-50 configs are the same recipe at depth 50.
+# (main.py:69-77); the R-50 configs are the same recipe at depth 50.
 # mmseg's model, with these differences left (each below 0.1 mIoU expected, none measured):
 # the projection's input channels are concatenated image pooling first (the authors' last:
 # deeplab.py:87; a permutation, irrelevant from a fresh head); the classifier starts from

@@ -16,7 +16,7 @@ optim_wrapper = dict(
 param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=max_iters, by_epoch=False)
 ]
-# Evaluated once, after training (main.py:152-); a checkpoint every 10 epochs (main.py:145-150).
+# Evaluated once, after training (main.py:152 on); a checkpoint every 10 epochs (main.py:145-150).
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=6620))
 # The lr is the authors' for 16 images in total: no automatic scaling.
