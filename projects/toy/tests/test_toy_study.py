@@ -176,6 +176,13 @@ def test_study_cells_put_the_core_comparisons_first_and_need_their_backbone(tmp_
     assert {(cell.norm, cell.seed) for cell in seg} == {
         (norm, seed) for norm in ('GN', 'GN+WS', 'BCN+WS') for seed in range(3)}
     assert all(osp.isfile(osp.join(REPO, cell.config)) for cell in seg)
+    # The 16-image segmentation comes last, seed by seed, GN+WS and BCN+WS first in each seed.
+    seg16 = [cell for cell in cells if cell.experiment == 'seg16']
+    assert cells[-len(seg16):] == seg16
+    assert [(cell.seed, cell.norm) for cell in seg16] == [
+        (seed, norm) for seed in range(3) for norm in ('GN+WS', 'BCN+WS', 'BN', 'GN')]
+    assert all(osp.isfile(osp.join(REPO, cell.config)) and '1xb16' in cell.config
+               and cell.setting == {'images': 16} for cell in seg16)
 
 
 def test_study_tables_and_spread():
@@ -204,6 +211,31 @@ def test_study_segmentation_table_shows_each_class_and_the_lowest_shape():
     assert '(6 runs, 6 min of single-thread run time)' in text
     # The detection and classification tables leave the segmentation to its own block.
     assert 'DeepLabV3' not in toy_study.tables(runs)
+
+
+def seg_run(experiment, norm, seed, miou):
+    return dict(experiment=experiment, norm=norm, seed=seed, wall_s=60.0,
+                setting={'images': 16 if experiment == 'seg16' else 1},
+                metrics={'mIoU': miou, **{f'IoU.{name}': miou for name in toy_study.SEG_CLASSES}})
+
+
+def test_study_sets_the_16_image_segmentation_beside_the_1_image_runs():
+    runs = ([seg_run('seg', norm, seed, base + seed)
+             for norm, base in (('GN+WS', 60.0), ('BCN+WS', 30.0)) for seed in range(3)] +
+            [seg_run('seg16', norm, seed, base + seed)
+             for norm, base in (('BN', 50.0), ('GN+WS', 61.0), ('BCN+WS', 70.0))
+             for seed in range(3)])
+    text = toy_study.seg_markdown(dict(runs=runs, sessions=[]))
+    one, sixteen = text.split('**Toy DeepLabV3, 16 images per step, from scratch**')
+    assert '**Toy DeepLabV3, 1 image per step, from scratch**' in one and '| BN |' not in one
+    table16, batch = sixteen.split('**Toy DeepLabV3: 16 images per step against 1**')
+    assert '| BN | 51.0 ± 1.0 (3) |' in table16 and '| GN |' not in table16
+    assert ('larger than the seed spread (|Δ mean| > std₁ + std₂): GN+WS > BN, BCN+WS > BN, '
+            'BCN+WS > GN+WS.') in table16
+    assert '| BN | — | 51.0 ± 1.0 (3) | — |' in batch
+    assert '| GN+WS | 61.0 ± 1.0 (3) | 62.0 ± 1.0 (3) | +1.0 |' in batch
+    assert '| BCN+WS | 31.0 ± 1.0 (3) | 71.0 ± 1.0 (3) | +40.0 (beyond the seed spread) |' in batch
+    assert '(15 runs, 15 min of single-thread run time)' in text
 
 
 def test_readme_blocks_are_rendered_from_the_study_json(tmp_path):

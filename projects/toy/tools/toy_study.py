@@ -14,7 +14,10 @@ interrupted study resumes where it stopped), then prints mean ± std tables and 
   frozen statistics, BCN in micro-batch mode): box / mask AP;
 - ``scratch``: the same detectors from scratch, and the from-scratch gap's targeted variants;
 - ``seg``: the toy DeepLabV3 at 1 image per step, from scratch (GN, GN+WS, BCN+WS): mIoU and
-  each class's IoU.
+  each class's IoU;
+- ``seg16``: the same toy DeepLabV3 at 16 images per step, the paper's VOC batch, from scratch
+  (BN, GN, GN+WS, and BCN+WS with its batch part on the 16 images' statistics): mIoU and each
+  class's IoU, set beside each norm's 1-image run.
 
 Cells are ordered so the most important finish first (see :func:`study_cells`).
 
@@ -58,10 +61,15 @@ DET_ITERS = 300
 # The toy segmentation's norms: BN cannot train the toy DeepLabV3 at 1 image per step (ASPP's
 # image-pool branch leaves it one value per channel; its config takes 2 images).
 SEG_NORMS = ('GN', 'GN+WS', 'BCN+WS')
+# At 16 images per step every norm trains, BN included.
+SEG16_NORMS = NORMS
+# The toy segmentation's experiments: images per step and norms.
+SEG_EXPERIMENTS = {'seg': (1, SEG_NORMS), 'seg16': (16, SEG16_NORMS)}
 METRICS = {'pretrain': ('accuracy/top1', ), 'micro': ('accuracy/top1', ),
            'finetune': ('coco/bbox_mAP', 'coco/segm_mAP'),
            'scratch': ('coco/bbox_mAP', 'coco/segm_mAP'),
-           'seg': ('mIoU', ) + tuple(f'IoU.{name}' for name in SEG_CLASSES)}
+           'seg': ('mIoU', ) + tuple(f'IoU.{name}' for name in SEG_CLASSES),
+           'seg16': ('mIoU', ) + tuple(f'IoU.{name}' for name in SEG_CLASSES)}
 
 
 @dataclass
@@ -70,7 +78,8 @@ class Cell:
 
     Attributes:
         name: Unique name (the work dir's name); a record is keyed by it.
-        experiment: ``'pretrain'``, ``'micro'``, ``'finetune'``, ``'scratch'`` or ``'seg'``.
+        experiment: ``'pretrain'``, ``'micro'``, ``'finetune'``, ``'scratch'``, ``'seg'`` or
+            ``'seg16'``.
         norm: One of :data:`NORMS`.
         seed: MMEngine's ``randomness.seed``.
         setting: What distinguishes the cell within its experiment and norm (e.g.
@@ -113,8 +122,9 @@ def study_cells(seeds: int, work_root: str, det_iters: int = DET_ITERS) -> List[
     The order: the four pretrainings; the core comparisons (fine-tuning, micro-batch
     classification), seed by seed; the from-scratch detectors and the gap's rate variant, seed
     by seed; the fine-tuned BCN+WS at the gap's rate; the from-scratch BN and GN+WS at lr 0.01;
-    a second BCN+WS pretraining and one fine-tuning from it; last the toy segmentation, seed by
-    seed (its configs' own schedule).
+    a second BCN+WS pretraining and one fine-tuning from it; then the toy segmentation at 1
+    image per step, seed by seed (its configs' own schedule); last the toy segmentation at 16
+    images per step, seed by seed, GN+WS and BCN+WS first in each seed.
     """
     def suffix(variant):
         return '' if variant == 'default' else '_' + variant.replace(' ', '').replace('=', '')
@@ -173,9 +183,15 @@ def study_cells(seeds: int, work_root: str, det_iters: int = DET_ITERS) -> List[
                      f'projects/toy/configs/deeplabv3_r18-d16_{SLUG[norm]}_1xb1-toy_voc.py')
                 for norm in SEG_NORMS]
 
+    def segmentation16(seed):
+        return [Cell(f'seg16_{SLUG[norm]}_s{seed}', 'seg16', norm, seed, {'images': 16},
+                     f'projects/toy/configs/deeplabv3_r18-d16_{SLUG[norm]}_1xb16-toy_voc.py')
+                for norm in ('GN+WS', 'BCN+WS', 'BN', 'GN')]
+
     cells = [Cell(f'pretrain_{SLUG[n]}', 'pretrain', n, 0, {'batch': 32},
                   f'projects/toy/configs/resnet18_{SLUG[n]}_1xb32-toy_cls.py') for n in NORMS]
-    for group in (core, gap, rate_finetune, last, second_pretraining, segmentation):
+    for group in (core, gap, rate_finetune, last, second_pretraining, segmentation,
+                  segmentation16):
         for seed in range(seeds):
             cells += group(seed)
     return cells
@@ -346,13 +362,14 @@ def tables(runs: Sequence[dict]) -> str:
     return '\n'.join(out)
 
 
-def seg_table(runs: Sequence[dict]) -> List[str]:
-    """The toy segmentation's table: mIoU and each class's IoU, mean ± std over seeds, and the
-    lowest shape IoU of any run (whether every run learned every shape)."""
-    metrics = METRICS['seg']
-    groups = {metric: grouped(runs, 'seg', metric) for metric in metrics}
+def seg_table(runs: Sequence[dict], experiment: str = 'seg') -> List[str]:
+    """A toy segmentation experiment's table: mIoU and each class's IoU, mean ± std over seeds,
+    and the lowest shape IoU of any run (whether every run learned every shape)."""
+    images, norms = SEG_EXPERIMENTS[experiment]
+    metrics = METRICS[experiment]
+    groups = {metric: grouped(runs, experiment, metric) for metric in metrics}
     rows = []
-    for norm in SEG_NORMS:
+    for norm in norms:
         if norm not in groups['mIoU']:
             continue
         shapes = [groups[f'IoU.{name}'][norm] for name in SEG_CLASSES[1:]]
@@ -360,8 +377,31 @@ def seg_table(runs: Sequence[dict]) -> List[str]:
                      [f'{min(min(values) for values in shapes):.1f}'])
     if not rows:
         return []
-    return ['**Toy DeepLabV3, 1 image per step, from scratch** (IoU %, mean ± std (seeds)):', '',
-            markdown_table(['norm', 'mIoU', *SEG_CLASSES, 'lowest shape IoU of any run'], rows),
+    per_step = f'{images} image' + ('s' if images > 1 else '')
+    return [f'**Toy DeepLabV3, {per_step} per step, from scratch** (IoU %, mean ± std (seeds)):',
+            '', markdown_table(['norm', 'mIoU', *SEG_CLASSES, 'lowest shape IoU of any run'],
+                               rows), '']
+
+
+def batch_table(runs: Sequence[dict]) -> List[str]:
+    """Each norm's mIoU at 16 images per step beside its 1-image run, and the change."""
+    one, sixteen = grouped(runs, 'seg', 'mIoU'), grouped(runs, 'seg16', 'mIoU')
+    rows = []
+    for norm in SEG16_NORMS:
+        if norm not in sixteen:
+            continue
+        before, after = one.get(norm), sixteen[norm]
+        if before:
+            change = f'{mean(after) - mean(before):+.1f}' + (
+                ' (beyond the seed spread)' if separated(before, after) else '')
+        else:
+            change = '—'
+        rows.append([norm, cell_text(before), cell_text(after), change])
+    if not rows:
+        return []
+    return ['**Toy DeepLabV3: 16 images per step against 1** (mIoU %, mean ± std (seeds); BN has '
+            'no 1-image run: the image-pool branch gives it one value per channel):', '',
+            markdown_table(['norm', '1 image per step', '16 images per step', 'change'], rows),
             '']
 
 
@@ -396,7 +436,8 @@ def plot(runs: Sequence[dict], out: Path) -> Path:
               ('micro, batch 2: top-1 %', 'micro', 'accuracy/top1', 'batch', 2),
               ('fine-tuned: box AP %', 'finetune', 'coco/bbox_mAP', 'variant', 'default'),
               ('from scratch: box AP %', 'scratch', 'coco/bbox_mAP', 'variant', 'default'),
-              ('toy DeepLabV3: mIoU %', 'seg', 'mIoU', None, None)]
+              ('toy DeepLabV3, 1 image: mIoU %', 'seg', 'mIoU', None, None),
+              ('toy DeepLabV3, 16 images: mIoU %', 'seg16', 'mIoU', None, None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (title, experiment, metric, key, value) in zip(axes, panels):
         kept = [r for r in runs if key is None or r['setting'].get(key, 'default') == value]
@@ -437,13 +478,20 @@ def markdown(results: Dict[str, object]) -> str:
 
 
 def seg_markdown(results: Dict[str, object]) -> str:
-    """The toy segmentation's table, its differences beyond the seed spread and its run time."""
-    runs = [r for r in results['runs'] if r['experiment'] == 'seg' and 'metrics' in r]
-    found = comparisons(grouped(runs, 'seg', 'mIoU'))
+    """The toy segmentation's tables (1 and 16 images per step), their differences beyond the
+    seed spread, the 16-against-1 table and their run time."""
+    runs = [r for r in results['runs'] if r['experiment'] in SEG_EXPERIMENTS and 'metrics' in r]
+    lines: List[str] = []
+    for experiment in SEG_EXPERIMENTS:
+        table = seg_table(runs, experiment)
+        if not table:
+            continue
+        found = comparisons(grouped(runs, experiment, 'mIoU'))
+        lines += table + [
+            'Differences in mIoU larger than the seed spread (|Δ mean| > std₁ + std₂): ' +
+            (', '.join(found) if found else 'none') + '.', '']
     cpu = sum(run['wall_s'] for run in runs)
-    return '\n'.join(seg_table(runs) + [
-        'Differences in mIoU larger than the seed spread (|Δ mean| > std₁ + std₂): ' +
-        (', '.join(found) if found else 'none') + '.', '',
+    return '\n'.join(lines + batch_table(runs) + [
         f'From `projects/toy/results/toy_study.json` ({len(runs)} runs, {cpu / 60:.0f} min of '
         'single-thread run time).', ''])
 

@@ -1,0 +1,4 @@
+# As ./deeplabv3_r50-d16-authors_bcn-ws-sync_8xb2-33k_voc12aug-513x513.py at 16 GPUs x 1 image:
+# BCN's batch part still normalizes with the statistics of all 16 images.
+_base_ = './deeplabv3_r50-d16-authors_bcn-ws-sync_8xb2-33k_voc12aug-513x513.py'
+train_dataloader = dict(batch_size=1)
