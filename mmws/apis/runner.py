@@ -29,6 +29,7 @@ import logging
 import os
 import os.path as osp
 import sys
+import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator, List, Optional, Sequence
 
@@ -300,6 +301,11 @@ def build_runner(cfg: Config) -> Runner:
     """The runner the config's toolbox would build, with :class:`MetricsFileHook`, after
     :func:`~mmws.apis.config_check.check_model_types`."""
     check_model_types(cfg)
+    # MMEngine reuses a visualizer of the same name built earlier in the process, save_dir and
+    # all: a run in the same process (tests, notebooks) would log its scalars into the first
+    # run's directory. Each runner gets a visualizer of its own.
+    if 'visualizer' in cfg:
+        cfg.visualizer.name = f'{cfg.visualizer.get("name", "visualizer")}:{uuid.uuid4().hex}'
     with unknown_types_explained():
         if 'runner_type' in cfg:
             registry = importlib.import_module(f'{toolbox_of(cfg)}.registry')

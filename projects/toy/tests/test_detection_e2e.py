@@ -188,7 +188,10 @@ def test_two_process_gloo_launch_keeps_estimates_equal_across_ranks(tmp_path):
         "custom_hooks = [dict(type='DumpBCNEstimatesHook')]\n")
     work_dir = str(tmp_path / 'ddp')
     env = dict(os.environ, OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([REPO, osp.join(REPO, 'tests')]))
+               # this module (the hook below) and the tests' shared helpers it imports
+               PYTHONPATH=os.pathsep.join([REPO, osp.dirname(osp.abspath(__file__)),
+                                           osp.join(REPO, 'tests'),
+                                           os.environ.get('PYTHONPATH', '')]))
     env.update(PYTHON=sys.executable, PORT=str(free_port()))
     command = ['bash', osp.join(REPO, 'tools/dist_train.sh'), config, '2', '--work-dir', work_dir,
                '--cfg-options', 'env_cfg.dist_cfg.backend=gloo']

@@ -29,23 +29,26 @@ BEGIN = '<!-- train-toy range: rendered by tools/expected_range.py --measure -->
 END = '<!-- end of train-toy range -->'
 
 
-def range_cells(seeds: Sequence[int], work_root: str) -> List[Cell]:
-    """A pretraining per seed, each followed by the main job's fine-tuning from it."""
+def range_cells(seeds: Sequence[int], work_root: str, threads: int) -> List[Cell]:
+    """A pretraining per seed, each followed by the main job's fine-tuning from it, at
+    ``threads`` torch threads (a draw of its own: the sums change with the thread count)."""
     cells = []
     for seed in seeds:
-        pretrain = Cell(f'pretrain_bcn-ws_seed{seed}', 'pretrain', 'BCN+WS', seed,
-                        {'pretraining seed': seed}, PRETRAIN)
+        setting = {'pretraining seed': seed, 'threads': threads}
+        work = osp.join(work_root, f'threads{threads}')
+        pretrain = Cell(f'pretrain_bcn-ws_seed{seed}_threads{threads}', 'pretrain', 'BCN+WS',
+                        seed, setting, PRETRAIN)
         cells += [pretrain,
-                  Cell(f'train-toy_pretraining-seed{seed}', 'finetune', 'BCN+WS', 0,
-                       {'pretraining seed': seed}, FINETUNE,
+                  Cell(f'train-toy_pretraining-seed{seed}_threads{threads}', 'finetune',
+                       'BCN+WS', 0, setting, FINETUNE,
                        [f'model.backbone.init_cfg.checkpoint='
-                        f'{backbone_path(work_root, "BCN+WS", seed)}'], pretrain.name)]
+                        f'{backbone_path(work, "BCN+WS", seed)}'], pretrain.name)]
     return cells
 
 
-def finetuned_ap(results: Dict[str, object]) -> Dict[int, Dict[str, float]]:
-    """``{pretraining seed: {'box AP': %, 'mask AP': %}}`` of the recorded fine-tunings."""
-    return {run['setting']['pretraining seed']:
+def finetuned_ap(results: Dict[str, object]) -> Dict[str, Dict[str, float]]:
+    """``{'seed S, T thread(s)': {'box AP': %, 'mask AP': %}}`` of the recorded fine-tunings."""
+    return {f'{run["setting"]["pretraining seed"]}, {run["setting"].get("threads", 1)} thread(s)':
             {label: 100 * run['metrics'][key] for label, key in METRICS.items()}
             for run in results['runs'] if run['experiment'] == 'finetune' and 'metrics' in run}
 
@@ -60,7 +63,7 @@ def range_markdown(results: Dict[str, object]) -> str:
                            ('mean ± std', lambda v: f'{mean(v):.1f} ± '
                                                     f'{stdev(v) if len(v) > 1 else 0:.1f}')):
         rows.append([label] + [summary([a[m] for a in ap.values()]) for m in METRICS])
-    return markdown_table(['pretraining seed'] + list(METRICS), rows) + (
+    return markdown_table(['pretraining seed, torch threads'] + list(METRICS), rows) + (
         f'\n\nFrom `results/train_toy_range.json` ({len(ap)} fine-tunings, fine-tuning seed 0).')
 
 
@@ -99,8 +102,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
     if args.measure:
-        results = run_study(range_cells(args.seeds, args.work_root), args.out, args.work_root,
-                            workers=1, threads=args.threads)
+        work_root = osp.join(args.work_root, f'threads{args.threads}')
+        results = run_study(range_cells(args.seeds, args.work_root, args.threads), args.out,
+                            work_root, workers=1, threads=args.threads)
         text = range_markdown(results)
         if args.readme is not None:
             args.readme.write_text(replace_block(args.readme.read_text(), BEGIN, END, text))
