@@ -199,10 +199,6 @@ def trigger_visualization(cfg: Config, args: argparse.Namespace) -> None:
         hook.setdefault('interval', 1)
         if args.show_dir:
             cfg.visualizer.update(save_dir=args.show_dir)
-    # MMEngine reuses a visualizer of the same name built earlier in the process, whatever its
-    # class and save_dir: a name of its own keeps in-process runs (tests, notebooks) apart.
-    painted_to = osp.abspath(args.show_dir) if args.show_dir else 'window'
-    cfg.visualizer.update(name=f'{cfg.visualizer.type}:{painted_to}')
 
 
 def use_test_time_augmentation(cfg: Config) -> None:
