@@ -309,8 +309,11 @@ def test_state_dict_keys_and_round_trip():
     legacy = {k: v for k, v in bcn.state_dict().items() if k != 'num_batches_tracked'}
     BCN(16, num_groups=4).load_state_dict(legacy, strict=True)
     # the skip counter is a diagnostic of the run, not part of a checkpoint
-    bcn.num_batches_skipped.fill_(3)
-    assert 'num_batches_skipped' not in bcn.state_dict()
+    bcn.num_batches_seen.fill_(3)
+    assert int(bcn.num_batches_skipped) == 3
+    assert not {'num_batches_seen', 'num_batches_clean',
+                'num_batches_skipped'} & set(bcn.state_dict())
+    other.num_batches_seen.fill_(5)
     other.load_state_dict(bcn.state_dict(), strict=True)
     assert int(other.num_batches_skipped) == 0
 

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from ..registry import MODELS
 from .functional import (Moments, batch_channel_norm, batch_channel_norm_reference,
-                         channel_moments, estimate_schedule, estimate_update, pooled_moments,
-                         sample_moments, schedule_config, second_moment_about,
+                         channel_moments, estimate_schedule, estimate_update, moment_points,
+                         point_basis, sample_moments, schedule_config, second_moment_about,
                          two_pass_batch_channel_norm)
 from .load_checks import check_bcn_state
 
@@ -84,11 +84,11 @@ class BCN(nn.GroupNorm):
     ``r_t = max(r, 1 / (t + 1))`` with ``average_warmup`` (``t = num_batches_tracked``), else
     ``r``; ``momentum`` lives in a device buffer (changing it recompiles nothing). A step whose
     statistics are non-finite in a channel leaves that channel's estimates untouched and does
-    not advance ``t``; the buffer ``num_batches_skipped`` (not saved in checkpoints) counts
-    such steps, with one warning per layer at ``eval()``. A checkpoint without ``t`` loads as
-    warmed up. A ``nn.GroupNorm`` subclass, not a ``_BatchNorm``: MMEngine's optimizer treats
-    all four affines as norm parameters; ``convert_sync_batchnorm``, the runner's ``sync_bn``
-    and mmdet's ``norm_eval`` leave it alone (use ``mode='sync'``, ``momentum=0``).
+    not advance ``t``; ``num_batches_skipped`` (not saved in checkpoints) counts such steps,
+    with one warning per layer at ``eval()``. A checkpoint without ``t`` loads as warmed up.
+    A ``nn.GroupNorm`` subclass, not a ``_BatchNorm``: MMEngine's optimizer treats all four
+    affines as norm parameters; ``convert_sync_batchnorm``, the runner's ``sync_bn`` and
+    mmdet's ``norm_eval`` leave it alone (use ``mode='sync'``, ``momentum=0``).
 
     Args:
         num_features: Number of channels ``C``.
@@ -136,18 +136,29 @@ class BCN(nn.GroupNorm):
         self.register_buffer('running_mean', torch.zeros(num_features))
         self.register_buffer('running_var', torch.ones(num_features))
         self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
-        # Not in the state dict: a diagnostic of this run (checkpoints and their converter
-        # keep the layout of BN-style estimates).
-        self.register_buffer('num_batches_skipped', torch.tensor(0, dtype=torch.long),
-                             persistent=False)
-        # The rate schedule, read by the forward on the device (see `momentum`).
+        # Not in the state dict: this run's training steps with a non-empty batch, and those
+        # of them with finite statistics, a diagnostic (checkpoints and their converter keep
+        # the layout of BN-style estimates); see `num_batches_skipped`.
+        for name in ('num_batches_seen', 'num_batches_clean'):
+            self.register_buffer(name, torch.tensor(0, dtype=torch.long), persistent=False)
+        # Constants the forward reads on the device: the rate schedule (see `momentum`), a
+        # step's increment of `num_batches_seen` and the two-pass path's `point_basis`.
         self.register_buffer('rate_config', torch.zeros(3, 2), persistent=False)
+        self.register_buffer('step_increment', torch.tensor(1, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer('point_basis', point_basis(), persistent=False)
         self.momentum = momentum
         self._warned_skips = False
 
     @property
     def num_features(self) -> int:
         return self.num_channels
+
+    @property
+    def num_batches_skipped(self) -> Tensor:
+        """Training steps of this run whose statistics were non-finite (not counted in
+        ``num_batches_tracked``); restarts at 0 when a checkpoint is loaded."""
+        return self.num_batches_seen - self.num_batches_clean
 
     @property
     def momentum(self) -> float:
@@ -175,7 +186,8 @@ class BCN(nn.GroupNorm):
         self.running_mean.zero_()
         self.running_var.fill_(1)
         self.num_batches_tracked.zero_()
-        self.num_batches_skipped.zero_()
+        self.num_batches_seen.zero_()
+        self.num_batches_clean.zero_()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()  # the channel part's affine
@@ -238,8 +250,10 @@ class BCN(nn.GroupNorm):
         path = self._path(x)
         # 1. This step's statistics: of the local batch, or of all processes' batches.
         if path == 'two_pass':
-            sample_mean, sample_var = sample_moments(x)
-            local = pooled_moments(sample_mean, sample_var)
+            sample_mean, inv_std = sample_moments(x)
+            points, local_mean = moment_points(sample_mean, inv_std, self.point_basis)
+            points_var, points_mean = torch.var_mean(points, [0, 2], correction=0)
+            local = local_mean, points_var
         else:
             local = channel_moments(x) if x.numel() else None
         batch_mean, batch_var, count = self._batch_statistics(x, local)
@@ -257,10 +271,12 @@ class BCN(nn.GroupNorm):
             grad_mode = 'sync' if count is not None else 'batch'
         # 4. The normalization.
         if path == 'two_pass':
-            return two_pass_batch_channel_norm(x, sample_mean.to(x.dtype), sample_var.to(x.dtype),
-                                               mean.to(x.dtype), var.to(x.dtype), self.bn_weight,
-                                               self.bn_bias, self.weight, self.bias,
-                                               self.num_groups, self.eps, grad_mode, count)
+            # The batch part's mean about the points' origin, the local batch mean.
+            center = points_mean if grad_mode == 'batch' else mean.to(x.dtype) - local_mean
+            return two_pass_batch_channel_norm(x, sample_mean, inv_std, points, center,
+                                               var.to(x.dtype), self.bn_weight, self.bn_bias,
+                                               self.weight, self.bias, self.num_groups,
+                                               self.eps, grad_mode, count, self.point_basis)
         return batch_channel_norm(x, mean.to(x.dtype), var.to(x.dtype), self.bn_weight,
                                   self.bn_bias, self.weight, self.bias, self.num_groups, self.eps,
                                   grad_mode, count)
@@ -310,11 +326,11 @@ class BCN(nn.GroupNorm):
         # inf), and a non-finite mean makes the micro second moment non-finite: one check.
         finite = torch.isfinite(variance)
         clean = finite.all()
-        skipped = clean.logical_not()
+        seen = self.step_increment
         if count is not None:  # no update where all processes' batches were empty
-            nonempty = count > 0
-            rate = rate * nonempty
-            clean = clean & nonempty
+            seen = count > 0
+            rate = rate * seen
+            clean = clean & seen
         # Under torch.compile the backward cannot re-read the buffers after this in-place
         # update (pytorch/pytorch#197039: the min-cut partitioner may recompute a saved value
         # from the graph's inputs, here the buffers it has just overwritten): the estimates
@@ -322,8 +338,8 @@ class BCN(nn.GroupNorm):
         # which is not on the partitioner's recomputable list, so it saves them.
         estimate_update([self.running_mean, self.running_var], [batch_mean, variance], rate,
                         finite)
-        torch._foreach_add_([self.num_batches_tracked, self.num_batches_skipped],
-                            [clean, skipped])
+        torch._foreach_add_([self.num_batches_tracked, self.num_batches_clean,
+                             self.num_batches_seen], [clean, clean, seen])
 
     def _unbiased_factor(self, x: Tensor, count: Optional[Tensor]) -> Union[float, Tensor]:
         """``M / (M - 1)`` for ``M`` values per channel (local, or ``count`` of all
@@ -349,6 +365,9 @@ class BCN(nn.GroupNorm):
         check_bcn_state(state_dict, prefix, unexpected_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
+        with torch.no_grad():  # the skipped steps are counted per run
+            self.num_batches_seen.zero_()
+            self.num_batches_clean.zero_()
 
     def extra_repr(self) -> str:
         return (f'{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}, '

@@ -184,41 +184,64 @@ def channel_moments(x: Tensor) -> Moments:
 
 
 def sample_moments(x: Tensor) -> Moments:
-    """Per-(sample, channel) mean and biased variance over the spatial dims, in one pass.
+    """Per-(sample, channel) mean ``μ`` and inverse standard deviation ``r`` in one pass.
 
-    Eager on the CPU, for a contiguous input: the group-norm kernel with one channel per group
-    (``eps = 0``, so ``var = rstd⁻²``, 0 for a constant channel), a vectorized pass about twice
-    as fast there as ``var_mean``. Elsewhere ``var_mean``. No gradient flows through them.
+    ``r = 1 / sqrt(v + tiny)`` with ``v`` the biased variance over the spatial dims and ``tiny``
+    the dtype's smallest normal number: finite for a constant channel, and ``1 / r²`` is ``v``
+    to within ``tiny``. Eager on the CPU, for a contiguous input: the group-norm kernel with one
+    channel per group, a vectorized pass about twice as fast there as ``var_mean``; elsewhere
+    ``var_mean``. No gradient flows through them.
 
     Args:
         x: Input, shape ``(N, C, *S)`` with ``N * C * prod(S) > 0``.
 
     Returns:
-        ``(mean, var)``, each of shape ``(N, C)``.
+        ``(mean, inv_std)``, each of shape ``(N, C)``.
     """
     x = x.detach()
     n, c, m = _group_norm_shape(x)
+    tiny = torch.finfo(x.dtype).tiny
     if _flat_kernels(x):
-        _, mean, rstd = torch.native_group_norm(x, None, None, n, c, m, c, 0.0)
-        return mean, rstd.pow(-2)
-    var, mean = torch.var_mean(x, list(range(2, x.dim())), correction=0)
-    return mean.view(n, c), var.view(n, c)
+        _, mean, inv_std = torch.native_group_norm(x, None, None, n, c, m, c, tiny)
+        return mean, inv_std
+    var, mean = torch.var_mean(x.view(n, c, -1) if x.dim() == 2 else x,
+                               list(range(2, max(x.dim(), 3))), correction=0)
+    return mean.view(n, c), torch.rsqrt(var.view(n, c) + tiny)
 
 
-def pooled_moments(sample_mean: Tensor, sample_var: Tensor) -> Moments:
-    """Per-channel mean and biased variance of a batch from its per-sample moments.
+def point_basis(**factory_kwargs) -> Tensor:
+    """``[[1/2, 1/2], [1/2, -1/2]]``: ``p @ basis`` is the half-sum and half-difference of two
+    points ``p`` (``(..., 2)``). A module that calls :func:`moment_points` every step holds it
+    (as :class:`~mmws.models.BCN` does), so that no step spends an operator on it;
+    ``factory_kwargs`` as ``torch.tensor`` (dtype, device)."""
+    return torch.tensor([[0.5, 0.5], [0.5, -0.5]], **factory_kwargs)
 
-    For samples of equal size, by the law of total variance: ``mean = E_n[μ_nc]`` and
-    ``var = E_n[v_nc] + Var_n[μ_nc]`` (both terms non-negative: no cancellation).
+
+def moment_points(sample_mean: Tensor, inv_std: Tensor,
+                  basis: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Two points per (sample, channel) with that sample's mean and variance in the channel,
+    about the batch's mean.
+
+    ``p[n, c] = μ[n, c] - μ̄[c] ± σ[n, c]`` with ``σ = 1 / r`` and ``μ̄ = mean_n μ``. Over a
+    channel's ``2N`` points the mean is 0 and the biased variance the batch's,
+    ``E_n[v] + Var_n[μ]`` (the law of total variance; the samples are of equal size), and
+    every statistic of the batch that BCN takes (the batch part's per-channel moments, the
+    channel part's per-(sample, group) moments after a per-channel affine) is that of the
+    points: the normalization kernels can run on ``(N, C, 2)`` points instead of the maps.
 
     Args:
-        sample_mean, sample_var: ``(N, C)``, as :func:`sample_moments` returns them.
+        sample_mean, inv_std: ``(N, C)``, :func:`sample_moments` of ``x``.
+        basis: :func:`point_basis` (built here when ``None``).
 
     Returns:
-        ``(mean, var)``, each of shape ``(C,)``.
+        ``(points, batch_mean)``: ``(N, C, 2)`` and ``μ̄``, ``(C,)``.
     """
-    between, mean = torch.var_mean(sample_mean, 0, correction=0)
-    return mean, sample_var.mean(0) + between
+    batch_mean = sample_mean.mean(0)
+    offset = (sample_mean - batch_mean).unsqueeze(-1)
+    if basis is None:
+        basis = point_basis(dtype=sample_mean.dtype, device=sample_mean.device)
+    points = torch.addcmul(offset, inv_std.reciprocal().unsqueeze(-1), basis[1], value=2)
+    return points, batch_mean
 
 
 def schedule_config(rate: float, warmup: bool) -> List[List[float]]:
@@ -442,137 +465,125 @@ def _channel_view(t: Tensor, x: Tensor) -> Tensor:
     return t.view(*t.shape, *(1, ) * (x.dim() - 2))
 
 
-def _affine_pass(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor,
-                 ones: Optional[Tensor]) -> Tensor:
-    """``scale (x - center) + shift`` with ``(N, C)`` coefficients: one element-wise pass.
+def _affine_pass(x: Tensor, center: Tensor, var: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``scale (x - center) / sqrt(var) + shift`` with ``(N, C)`` coefficients: one pass.
 
-    With ``ones`` (``(N·C,)``, see :func:`_flat_kernels`) an inference-mode batch norm over
-    the ``(1, N·C, M)`` view (2-3× faster on the CPU than a broadcasting ``addcmul``);
-    otherwise the plain expression, in ``x``'s layout.
+    An inference-mode batch norm over the ``(1, N·C, M)`` view (:func:`_flat_kernels`; 2-3×
+    faster on the CPU than a broadcasting ``addcmul``), otherwise the plain expression in
+    ``x``'s layout.
     """
-    if ones is not None:
+    if _flat_kernels(x):
         n, c, m = _group_norm_shape(x)
         # Written into a tensor of x's shape, not returned as a view of the kernel's output:
         # a Function's output that is a view cannot be modified in place (ReLU(inplace=True)).
         out = torch.empty_like(x)
         unused = [torch.empty(0, dtype=x.dtype, device=x.device) for _ in range(2)]
         torch.native_batch_norm(x.view(1, n * c, m), scale.view(-1), shift.view(-1),
-                                center.view(-1), ones, False, 0.0, 0.0,
+                                center.view(-1), var.view(-1), False, 0.0, 0.0,
                                 out=(out.view(1, n * c, m), *unused))
         return out
-    scale, shift = scale.view(center.shape), shift.view(center.shape)
-    return torch.addcmul(_channel_view(shift - scale * center, x).to(x.dtype), x,
-                         _channel_view(scale, x).to(x.dtype))
+    factor = scale * torch.rsqrt(var)
+    return torch.addcmul(_channel_view(shift - factor * center, x).to(x.dtype), x,
+                         _channel_view(factor, x).to(x.dtype))
 
 
 def _reduction_pass(grad_out: Tensor, x: Tensor, center: Tensor,
-                    ones: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """``(Σ dz, Σ dz (x - center))`` per (sample, channel), ``(N, C)`` each: one pass.
+                    inv_std: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(Σ dz, r Σ dz (x - center))`` per (sample, channel), ``(N, C)`` each: one pass.
 
-    With ``ones``, the batch-norm backward kernel over the ``(1, N·C, M)`` view (its
-    ``grad_bias`` and ``grad_weight`` with ``invstd = 1``); otherwise two fused reductions.
+    With :func:`_flat_kernels`, the batch-norm backward kernel over the ``(1, N·C, M)`` view
+    (its ``grad_bias`` and ``grad_weight``); otherwise two fused reductions.
     """
     n, c, m = _group_norm_shape(x)
-    if ones is not None and grad_out.dtype == center.dtype:
+    if _flat_kernels(x) and grad_out.dtype == center.dtype:
         _, centred, total = torch.ops.aten.native_batch_norm_backward(
             grad_out.contiguous().view(1, n * c, m), x.view(1, n * c, m), None, None, None,
-            center.view(-1), ones, True, 0.0, [False, True, True])
+            center.view(-1), inv_std.view(-1), True, 0.0, [False, True, True])
         return total.view(n, c), centred.view(n, c)
     dims = list(range(2, x.dim()))
     grad_out = grad_out.to(center.dtype)
     centred = (grad_out * (x.to(center.dtype) - _channel_view(center, x))).sum(dims)
-    return grad_out.sum(dims), centred
+    return grad_out.sum(dims), centred * inv_std
 
 
 class _TwoPassBatchChannelNorm(torch.autograd.Function):
-    """``z = GN(BN(x))`` at GroupNorm's memory traffic, with a closed-form backward.
+    """``z = GN(BN(x))`` at GroupNorm's memory traffic: the normalization kernels run on
+    :func:`moment_points`, the maps see one statistics pass and one output pass each way.
 
-    Inputs: ``x`` ``(N, C, *S)``, its per-(sample, channel) moments ``(μ, v)`` ``(N, C)``, the
-    batch part's statistics ``(mean, var)`` ``(C,)``. Every mode makes ``z`` a per-(sample,
-    channel) affine of ``x``, ``z = A (x - μ) + B``: the coefficients come from the moments
-    (the group statistics of ``y = a x + b`` by total variance), then one pass. Backward: one
-    reduction pass for ``S0 = Σ dz``, ``S1 = Σ dz (x - μ)`` per (sample, channel), every
-    parameter gradient in closed form from them, and ``dx = A dz + Q (x - μ) + R`` with
-    ``(N, C)`` coefficients (two passes on the CPU). Saves ``x`` and ``(N, C)`` tensors only.
-    The derivation is in ``docs``; the comments name its symbols.
+    Every mode makes ``z`` a per-(sample, channel) affine of ``x``, ``z = A (x - μ) + B``.
+    Forward: the batch part (an inference-mode batch norm with the given ``(center, var)``)
+    and the channel part (a group norm) on the points ``μ - μ̄ ± σ``; their outputs are
+    ``B ± A σ``, so ``B`` and ``A σ`` are half their sum and half their difference, and one
+    pass over ``x`` writes ``z``. Backward: one reduction pass gives ``S0 = Σ dz`` and
+    ``S1 = Σ dz (x - μ)`` per (sample, channel); the output points' gradient
+    ``(S0 ± r S1) / 2`` has the same sums over the points as ``dz`` over the values, so the
+    group-norm and batch-norm backward kernels on the points give the four parameter
+    gradients and, in their input gradient ``A dZ + (M / 2)(R ± Q σ)``, the coefficients of
+    ``dx = A dz + Q (x - μ) + R`` (batch statistics' terms included); one pass writes ``dx``.
+    Saves ``x`` and ``(N, C)``-sized tensors.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, sample_mean: Tensor, sample_var: Tensor, mean: Tensor,
-                var: Tensor, bn_weight: Tensor, bn_bias: Tensor, weight: Tensor, bias: Tensor,
-                num_groups: int, eps: float, grad_mode: str, count: Optional[Tensor]) -> Tensor:
+    def forward(ctx, x: Tensor, sample_mean: Tensor, inv_std: Tensor, points: Tensor,
+                center: Tensor, var: Tensor, bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
+                bias: Tensor, num_groups: int, eps: float, grad_mode: str,
+                count: Optional[Tensor], half_basis: Tensor) -> Tensor:
         n, c = sample_mean.shape
-        groups = (n, num_groups, c // num_groups)
-        inv_std = torch.rsqrt(var + eps).view(groups[1:])                 # ρ
-        scale = bn_weight.view(groups[1:]) * inv_std                      # a
-        offset = (sample_mean - mean).view(groups)                        # d = μ - mean
-        channel_mean = torch.addcmul(bn_bias.view(groups[1:]), scale, offset)  # E[y]
-        centred = channel_mean - channel_mean.mean(-1, keepdim=True)      # e = E[y] - m
-        group_var = torch.addcmul(centred * centred, scale * scale,
-                                  sample_var.view(groups)).mean(-1, keepdim=True)
-        group_inv_std = torch.rsqrt(group_var + eps)                      # s, (N, G, 1)
-        gain = weight.view(groups[1:]) * group_inv_std                    # γ s
-        out_scale = gain * scale                                          # A
-        ones = torch.ones_like(sample_mean).view(-1) if _flat_kernels(x) and (
-            x.dtype == sample_mean.dtype) else None
-        out = _affine_pass(x, sample_mean, out_scale,
-                           torch.addcmul(bias.view(groups[1:]), gain, centred), ones)
-        ctx.num_groups, ctx.grad_mode = num_groups, grad_mode
-        ctx.save_for_backward(x, sample_mean, sample_var, inv_std, scale, offset, centred,
-                              group_inv_std, gain, out_scale, ones, count)
-        return out
+        point_y = torch.native_batch_norm(points, bn_weight, bn_bias, center, var, False, 0.0,
+                                          eps)[0]
+        point_z, group_mean, group_inv_std = torch.native_group_norm(point_y, weight, bias, n,
+                                                                     c, 2, num_groups, eps)
+        shift, spread = (point_z @ half_basis).unbind(-1)                  # B, A σ
+        sample_var = inv_std.pow(-2)                                        # σ²
+        ctx.num_groups, ctx.eps, ctx.grad_mode = num_groups, eps, grad_mode
+        ctx.save_for_backward(x, sample_mean, inv_std, sample_var, points, point_y, center, var,
+                              bn_weight, weight, group_mean, group_inv_std, count, half_basis)
+        return _affine_pass(x, sample_mean, sample_var, spread, shift)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (x, sample_mean, sample_var, rho, scale, offset, centred, s, gain, out_scale, ones,
-         count) = ctx.saved_tensors
+        (x, sample_mean, inv_std, sample_var, points, point_y, center, var, bn_weight, weight,
+         group_mean, group_inv_std, count, half_basis) = ctx.saved_tensors
         n, c, m = _group_norm_shape(x)
-        groups = (n, ctx.num_groups, c // ctx.num_groups)
-        total, centred_total = (t.view(groups) for t in _reduction_pass(grad_out, x,
-                                                                        sample_mean, ones))
-        # Σ_i dz ŷ = s (a S1 + e S0), ŷ the group-normalized y.
-        projected = torch.addcmul(scale * centred_total, centred, total)
-        grad_weight = (s * projected).sum(0).view(c)
-        grad_bias = total.sum(0).view(c)
-        # The channel part's backward, dy = s γ dz - s P0 / (K M) - s² P1 (a (x - μ) + e)
-        # / (K M), with the group sums P0 = Σ γ S0 and P1 = s Σ γ (a S1 + e S0).
-        gamma = gain / s
-        shift_term = s * (gamma * total).mean(-1, keepdim=True)           # s P0 / K
-        coupling = s * s * (gain * projected).mean(-1, keepdim=True)      # s² P1 / K
-        # Per (n, c): T0 = Σ dy, T1 = Σ dy (x - μ).
-        grad_y_total = torch.addcmul(gain * total - shift_term, coupling, centred, value=-1)
-        coupled_scale = coupling * scale
-        grad_y_centred = torch.addcmul(gain * centred_total, coupled_scale,
-                                       sample_var.view(groups), value=-1)
-        grad_bn_bias = grad_y_total.sum(0)
-        grad_bn_weight = (rho * torch.addcmul(grad_y_centred, offset, grad_y_total)).sum(0)
-        # dx = a dy = A dz + Q (x - μ) + R.
-        per_value = scale * (-1 / m)
-        x_coef = coupled_scale * per_value
-        const = torch.addcmul(shift_term, coupling, centred) * per_value
-        if ctx.grad_mode != 'estimates':  # gradient through the batch statistics
-            sum_grad, sum_grad_normalized = grad_bn_bias, grad_bn_weight
+        num_groups, eps = ctx.num_groups, ctx.eps
+        total, centred = _reduction_pass(grad_out, x, sample_mean, inv_std)   # S0, r S1
+        point_grad = torch.stack([total, centred], -1) @ half_basis           # (S0 ± r S1) / 2
+        grad_point_y, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
+            point_grad, point_y, group_mean, group_inv_std, weight, n, c, 2, num_groups,
+            [True, True, True])
+        bn_inv_std = torch.rsqrt(var + eps)                                   # ρ
+        if ctx.grad_mode == 'batch':
+            grad_points, grad_bn_weight, grad_bn_bias = (
+                torch.ops.aten.native_batch_norm_backward(grad_point_y, points, bn_weight, None,
+                                                          None, center, bn_inv_std, True, eps,
+                                                          [True, True, True]))
+        else:
+            grad_points, grad_bn_weight, grad_bn_bias = (
+                torch.ops.aten.native_batch_norm_backward(grad_point_y, points, bn_weight, center,
+                                                          var, None, None, False, eps,
+                                                          [True, True, True]))
             if ctx.grad_mode == 'sync':
-                sum_grad, sum_grad_normalized = _all_reduce_sums(grad_bn_bias.view(c),
-                                                                 grad_bn_weight.view(c))
-                values = count.to(x_coef.dtype).clamp_min(1)
-            else:
-                values = n * m
-            # -a / count (Σ dy + x̂ Σ dy x̂) with x̂ = ρ (x - μ + d).
-            weight_term = scale * rho * sum_grad_normalized.view(groups[1:]) / values
-            x_coef = x_coef - weight_term
-            const = const - torch.addcmul(scale * sum_grad.view(groups[1:]) / values,
-                                          weight_term, offset)
-        grad_x = _affine_pass(x, sample_mean, x_coef, const, ones)
-        grad_x.addcmul_(grad_out, _channel_view(out_scale.view(n, c), x).to(grad_out.dtype))
-        return (grad_x, None, None, None, None, grad_bn_weight.view(c), grad_bn_bias.view(c),
-                grad_weight, grad_bias, None, None, None, None)
+                sum_grad, sum_grad_normalized = _all_reduce_sums(grad_bn_bias, grad_bn_weight)
+                # The points stand for M / 2 values each.
+                grad_points = _sync_input_grad(grad_points, points, center, var, bn_weight,
+                                               sum_grad, sum_grad_normalized, count * (2 / m),
+                                               eps)
+        groups = (num_groups, c // num_groups)
+        out_scale = ((bn_weight * bn_inv_std).view(groups) *                   # A = a γ s
+                     (weight.view(groups) * group_inv_std.view(n, num_groups, 1))).view(n, c)
+        residual = torch.addcmul(grad_points, out_scale.unsqueeze(-1), point_grad, value=-1)
+        shift, spread = (residual @ (half_basis * (2 / m))).unbind(-1)         # R, Q σ
+        grad_x = _affine_pass(x, sample_mean, sample_var, spread, shift)
+        grad_x.addcmul_(grad_out, _channel_view(out_scale, x).to(grad_out.dtype))
+        return (grad_x, None, None, None, None, None, grad_bn_weight, grad_bn_bias, grad_weight,
+                grad_bias, None, None, None, None, None)
 
 
 def two_pass_batch_channel_norm(x: Tensor,
                                 sample_mean: Tensor,
-                                sample_var: Tensor,
-                                mean: Tensor,
+                                inv_std: Tensor,
+                                points: Tensor,
+                                center: Tensor,
                                 var: Tensor,
                                 bn_weight: Tensor,
                                 bn_bias: Tensor,
@@ -581,27 +592,33 @@ def two_pass_batch_channel_norm(x: Tensor,
                                 num_groups: int,
                                 eps: float,
                                 grad_mode: str = 'estimates',
-                                count: Optional[Tensor] = None) -> Tensor:
+                                count: Optional[Tensor] = None,
+                                basis: Optional[Tensor] = None) -> Tensor:
     """BCN at GroupNorm's memory traffic: ``z = A (x - μ) + B`` per (sample, channel).
 
     The path for large maps: the passes over the activations are those of ``nn.GroupNorm``
     (one statistics pass, :func:`sample_moments`, then one output pass forward; one reduction
-    pass and the input-gradient pass backward), at the cost of a few dozen operators on
-    ``(N, C)`` tensors. Saves ``x`` and ``(N, C)`` tensors.
+    pass and the input-gradient pass backward), the normalization kernels run on
+    :func:`moment_points` (``(N, C, 2)``). Saves ``x`` and ``(N, C)``-sized tensors.
 
     Args:
         x: Input, shape ``(N, C, *S)`` with ``N > 0``.
-        sample_mean, sample_var: ``(N, C)``, :func:`sample_moments` of ``x``.
-        mean, var, bn_weight, bn_bias, weight, bias, num_groups, eps, grad_mode, count: As
-            :func:`batch_channel_norm`; in ``'batch'`` mode ``(mean, var)`` must be
-            :func:`pooled_moments` of the sample moments.
+        sample_mean, inv_std: ``(N, C)``, :func:`sample_moments` of ``x``.
+        points: ``(N, C, 2)``, :func:`moment_points` of them, about ``μ̄``.
+        center, var: The batch part's per-channel mean, about ``μ̄`` (``mean - μ̄``), and
+            biased variance, ``(C,)``; in ``'batch'`` mode the moments of ``points``.
+        bn_weight, bn_bias, weight, bias, num_groups, eps, grad_mode, count: As
+            :func:`batch_channel_norm`.
+        basis: :func:`point_basis` (built here when ``None``).
 
     Returns:
-        ``z``, same shape and dtype as ``x`` (and memory format).
+        ``z``, same shape, dtype and memory format as ``x``.
     """
-    return _TwoPassBatchChannelNorm.apply(x, sample_mean, sample_var, mean, var, bn_weight,
-                                          bn_bias, weight, bias, num_groups, eps, grad_mode,
-                                          count)
+    if basis is None:
+        basis = point_basis(dtype=points.dtype, device=points.device)
+    return _TwoPassBatchChannelNorm.apply(x, sample_mean, inv_std, points, center, var,
+                                          bn_weight, bn_bias, weight, bias, num_groups, eps,
+                                          grad_mode, count, basis.to(points.dtype))
 
 
 def batch_channel_norm_reference(x: Tensor, mean: Tensor, var: Tensor, bn_weight: Tensor,
