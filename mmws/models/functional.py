@@ -506,6 +506,14 @@ def _reduction_pass(grad_out: Tensor, x: Tensor, center: Tensor,
     return grad_out.sum(dims), centred * inv_std
 
 
+def _half_sums(points: Tensor, basis: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(p+ + p-, p+ - p-)`` scaled by ``basis`` (:func:`point_basis`, times a factor), for
+    points ``p`` of shape ``(N, C, 2)``: two contiguous ``(N, C)`` tensors (one ``mm``; the
+    CPU batch-norm kernels take a slow path for strided per-channel coefficients)."""
+    n, c, _ = points.shape
+    return (basis @ points.view(n * c, 2).mT).view(2, n, c).unbind(0)
+
+
 class _TwoPassBatchChannelNorm(torch.autograd.Function):
     """``z = GN(BN(x))`` at GroupNorm's memory traffic: the normalization kernels run on
     :func:`moment_points`, the maps see one statistics pass and one output pass each way.
@@ -533,7 +541,7 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
                                           eps)[0]
         point_z, group_mean, group_inv_std = torch.native_group_norm(point_y, weight, bias, n,
                                                                      c, 2, num_groups, eps)
-        shift, spread = (point_z @ half_basis).unbind(-1)                  # B, A σ
+        shift, spread = _half_sums(point_z, half_basis)                      # B, A σ
         sample_var = inv_std.pow(-2)                                        # σ²
         ctx.num_groups, ctx.eps, ctx.grad_mode = num_groups, eps, grad_mode
         ctx.save_for_backward(x, sample_mean, inv_std, sample_var, points, point_y, center, var,
@@ -572,7 +580,7 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
         out_scale = ((bn_weight * bn_inv_std).view(groups) *                   # A = a γ s
                      (weight.view(groups) * group_inv_std.view(n, num_groups, 1))).view(n, c)
         residual = torch.addcmul(grad_points, out_scale.unsqueeze(-1), point_grad, value=-1)
-        shift, spread = (residual @ (half_basis * (2 / m))).unbind(-1)         # R, Q σ
+        shift, spread = _half_sums(residual, half_basis * (2 / m))             # R, Q σ
         grad_x = _affine_pass(x, sample_mean, sample_var, spread, shift)
         grad_x.addcmul_(grad_out, _channel_view(out_scale, x).to(grad_out.dtype))
         return (grad_x, None, None, None, None, None, grad_bn_weight, grad_bn_bias, grad_weight,
