@@ -511,7 +511,7 @@ def _half_sums(points: Tensor, basis: Tensor) -> Tuple[Tensor, Tensor]:
     points ``p`` of shape ``(N, C, 2)``: two contiguous ``(N, C)`` tensors (one ``mm``; the
     CPU batch-norm kernels take a slow path for strided per-channel coefficients)."""
     n, c, _ = points.shape
-    return (basis @ points.view(n * c, 2).mT).view(2, n, c).unbind(0)
+    return (basis @ points.view(n * c, 2).t()).view(2, n, c).unbind(0)
 
 
 class _TwoPassBatchChannelNorm(torch.autograd.Function):
