@@ -465,12 +465,14 @@ def _channel_view(t: Tensor, x: Tensor) -> Tensor:
     return t.view(*t.shape, *(1, ) * (x.dim() - 2))
 
 
-def _affine_pass(x: Tensor, center: Tensor, var: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``scale (x - center) / sqrt(var) + shift`` with ``(N, C)`` coefficients: one pass.
+def _affine_pass(x: Tensor, center: Tensor, inv_std: Tensor, var: Optional[Tensor],
+                 scale: Tensor, shift: Tensor) -> Tensor:
+    """``scale r (x - center) + shift`` with ``(N, C)`` coefficients, ``r = inv_std``
+    ``= 1 / sqrt(var)``: one pass.
 
-    An inference-mode batch norm over the ``(1, N·C, M)`` view (:func:`_flat_kernels`; 2-3×
-    faster on the CPU than a broadcasting ``addcmul``), otherwise the plain expression in
-    ``x``'s layout.
+    An inference-mode batch norm over the ``(1, N·C, M)`` view with ``var`` (given where
+    :func:`_flat_kernels`; 2-3× faster on the CPU than a broadcasting ``addcmul``), otherwise
+    the plain expression with ``inv_std``, in ``x``'s layout.
     """
     if _flat_kernels(x):
         n, c, m = _group_norm_shape(x)
@@ -482,9 +484,9 @@ def _affine_pass(x: Tensor, center: Tensor, var: Tensor, scale: Tensor, shift: T
                                 center.view(-1), var.view(-1), False, 0.0, 0.0,
                                 out=(out.view(1, n * c, m), *unused))
         return out
-    factor = scale * torch.rsqrt(var)
-    return torch.addcmul(_channel_view(shift - factor * center, x).to(x.dtype), x,
-                         _channel_view(factor, x).to(x.dtype))
+    factor = scale * inv_std
+    return torch.addcmul(_channel_view(torch.addcmul(shift, factor, center, value=-1), x).to(
+        x.dtype), x, _channel_view(factor, x).to(x.dtype))
 
 
 def _reduction_pass(grad_out: Tensor, x: Tensor, center: Tensor,
@@ -542,11 +544,11 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
         point_z, group_mean, group_inv_std = torch.native_group_norm(point_y, weight, bias, n,
                                                                      c, 2, num_groups, eps)
         shift, spread = _half_sums(point_z, half_basis)                      # B, A σ
-        sample_var = inv_std.pow(-2)                                        # σ²
+        sample_var = inv_std.pow(-2) if _flat_kernels(x) else None          # σ²
         ctx.num_groups, ctx.eps, ctx.grad_mode = num_groups, eps, grad_mode
         ctx.save_for_backward(x, sample_mean, inv_std, sample_var, points, point_y, center, var,
                               bn_weight, weight, group_mean, group_inv_std, count, half_basis)
-        return _affine_pass(x, sample_mean, sample_var, spread, shift)
+        return _affine_pass(x, sample_mean, inv_std, sample_var, spread, shift)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -581,7 +583,7 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
                      (weight.view(groups) * group_inv_std.view(n, num_groups, 1))).view(n, c)
         residual = torch.addcmul(grad_points, out_scale.unsqueeze(-1), point_grad, value=-1)
         shift, spread = _half_sums(residual, half_basis * (2 / m))             # R, Q σ
-        grad_x = _affine_pass(x, sample_mean, sample_var, spread, shift)
+        grad_x = _affine_pass(x, sample_mean, inv_std, sample_var, spread, shift)
         grad_x.addcmul_(grad_out, _channel_view(out_scale, x).to(grad_out.dtype))
         return (grad_x, None, None, None, None, None, grad_bn_weight, grad_bn_bias, grad_weight,
                 grad_bias, None, None, None, None, None)
