@@ -14,7 +14,7 @@ over a matrix of shapes ``N × C × S × S`` (N = 1, 2; C 64…2048; S 7…200; 
 - ``BCN micro``, ``BCN batch``, ``BCN sync``: ``mmws.BCN`` in each mode (one process: sync
   behaves as batch);
 - ``two-pass micro``: ``mmws.BCN(training_path='two_pass')``, micro mode, at every shape
-  (``BCN micro`` takes it from 2¹⁸ elements and 512 values per (sample, channel) up).
+  (``BCN micro`` takes it from 2¹⁹ elements up).
 
 Convolutions (ResNet-50's bottleneck convs), training (forward + backward) and ``eval()``
 under ``torch.no_grad()``: ``Conv2d``, mmcv's ``ConvWS2d``, a timm-style ``StdConv2d`` (the

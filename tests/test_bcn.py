@@ -523,14 +523,16 @@ def test_paths_agree_in_float32_channels_last(mode):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_path_by_shape():
+def test_auto_path_by_size():
     bcn = BCN(64, num_groups=32).train()
-    large = torch.randn(2, 64, 64, 64)
+    large = torch.randn(2, 64, 64, 64)  # 2^19 elements
     assert bcn._path(torch.randn(2, 64, 32, 32)) == 'few_ops'
+    assert bcn._path(torch.randn(1, 64, 90, 90)) == 'few_ops'
     assert bcn._path(large) == 'two_pass'
     assert bcn._path(large.contiguous(memory_format=torch.channels_last)) == 'two_pass'
     assert bcn._path(torch.randn(0, 64, 64, 64)) == 'few_ops'
-    assert bcn._path(torch.randn(512, 64, 7, 7)) == 'few_ops'  # a RoI head: small maps
+    assert bcn._path(torch.randn(512, 64, 7, 7)) == 'two_pass'  # a RoI head's 512 RoIs
+    assert bcn._path(torch.randn(32, 64, 7, 7)) == 'few_ops'
     assert BCN(64, training_path='two_pass')._path(torch.randn(2, 64, 4, 4)) == 'two_pass'
     assert BCN(64, training_path='few_ops')._path(large) == 'few_ops'
 

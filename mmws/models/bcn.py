@@ -22,13 +22,12 @@ from .load_checks import check_bcn_state
 
 MODES = ('micro', 'batch', 'sync')
 TRAINING_PATHS = ('auto', 'few_ops', 'two_pass')
-#: ``training_path='auto'`` takes the two-pass path for inputs of at least this many elements
-#: with at least :data:`TWO_PASS_MIN_VALUES` values per (sample, channel): below either, the
-#: operators on ``(N, C)`` tensors, not the passes, set the time (CPU, 2 threads, BCN / GN
-#: few-ops vs two-pass: 2.97 / 8.34 at 512×256×7², 2.91 / 3.38 at 128×256×14², 2.9 / 1.46
-#: at 32×256×28²; ``benchmarks/bench_layers.py`` for the large maps).
-TWO_PASS_MIN_NUMEL = 2**18
-TWO_PASS_MIN_VALUES = 512
+#: ``training_path='auto'`` takes the two-pass path for inputs of at least this many elements:
+#: below, the operators on ``(N, C)`` tensors, not the passes over the maps, set the time
+#: (CPU, 2 threads, BCN / GroupNorm few-ops vs two-pass: 4.4 / 5.1 at 1×256×32², 5.6 / 3.7 at
+#: 2×64×64², 5.6 / 5.8 at 64×256×7², 3.5 / 2.5 at 512×256×7²; compiled, the two-pass path
+#: is the faster one at 512×256×7² and 128×256×14² too).
+TWO_PASS_MIN_NUMEL = 2**19
 
 
 def _distributed_world_size() -> int:
@@ -98,8 +97,8 @@ class BCN(nn.GroupNorm):
         mode: ``'micro'``, ``'batch'`` or ``'sync'``.
         average_warmup: Whether the rate is ``max(r, 1 / (t + 1))``.
         training_path: ``'few_ops'`` (two native kernels each way; small maps), ``'two_pass'``
-            (GroupNorm's passes over the activations; large maps) or ``'auto'`` (by shape:
-            :data:`TWO_PASS_MIN_NUMEL`, :data:`TWO_PASS_MIN_VALUES`); the same function.
+            (GroupNorm's passes over the activations; large inputs) or ``'auto'`` (by size:
+            :data:`TWO_PASS_MIN_NUMEL`); the same function.
 
     Shape:
         Input ``(N, C, *S)``, any ``N >= 0`` (an empty input updates nothing but still joins
@@ -234,13 +233,12 @@ class BCN(nn.GroupNorm):
         return self._normalize(x)
 
     def _path(self, x: Tensor) -> str:
-        """The training path for ``x``, chosen on the host from its shape and layout."""
+        """The training path for ``x``, chosen on the host from its size."""
         if x.numel() == 0:
             return 'few_ops'  # nothing to pass over: only the all-reduces matter
         if self.training_path != 'auto':
             return self.training_path
-        large = x.numel() >= TWO_PASS_MIN_NUMEL
-        return 'two_pass' if large and x[0, 0].numel() >= TWO_PASS_MIN_VALUES else 'few_ops'
+        return 'two_pass' if x.numel() >= TWO_PASS_MIN_NUMEL else 'few_ops'
 
     def _normalize(self, x: Tensor) -> Tensor:
         if not self.training:
