@@ -248,7 +248,7 @@ class BCN(nn.GroupNorm):
         path = self._path(x)
         # 1. This step's statistics: of the local batch, or of all processes' batches.
         if path == 'two_pass':
-            sample_mean, inv_std = sample_moments(x)
+            sample_mean, inv_std, scratch = sample_moments(x)
             points, local_mean = moment_points(sample_mean, inv_std, self.point_basis)
             points_var, points_mean = torch.var_mean(points, [0, 2], correction=0)
             local = local_mean, points_var
@@ -274,7 +274,8 @@ class BCN(nn.GroupNorm):
             return two_pass_batch_channel_norm(x, sample_mean, inv_std, points, center,
                                                var.to(x.dtype), self.bn_weight, self.bn_bias,
                                                self.weight, self.bias, self.num_groups,
-                                               self.eps, grad_mode, count, self.point_basis)
+                                               self.eps, grad_mode, count, self.point_basis,
+                                               scratch)
         return batch_channel_norm(x, mean.to(x.dtype), var.to(x.dtype), self.bn_weight,
                                   self.bn_bias, self.weight, self.bias, self.num_groups, self.eps,
                                   grad_mode, count)

@@ -183,30 +183,32 @@ def channel_moments(x: Tensor) -> Moments:
     return torch.batch_norm_update_stats(x.detach(), None, None, 0.0)
 
 
-def sample_moments(x: Tensor) -> Moments:
+def sample_moments(x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Per-(sample, channel) mean ``μ`` and inverse standard deviation ``r`` in one pass.
 
     ``r = 1 / sqrt(v + tiny)`` with ``v`` the biased variance over the spatial dims and ``tiny``
     the dtype's smallest normal number: finite for a constant channel, and ``1 / r²`` is ``v``
     to within ``tiny``. Eager on the CPU, for a contiguous input: the group-norm kernel with one
-    channel per group, a vectorized pass about twice as fast there as ``var_mean``; elsewhere
-    ``var_mean``. No gradient flows through them.
+    channel per group, a vectorized pass about twice as fast there as ``var_mean``, which also
+    writes a tensor of ``x``'s shape (returned as scratch, for the output pass to overwrite
+    instead of allocating its own); elsewhere ``var_mean``. No gradient flows through them.
 
     Args:
         x: Input, shape ``(N, C, *S)`` with ``N * C * prod(S) > 0``.
 
     Returns:
-        ``(mean, inv_std)``, each of shape ``(N, C)``.
+        ``(mean, inv_std, scratch)``: ``(N, C)`` each, and a contiguous tensor like ``x`` or
+        ``None``.
     """
     x = x.detach()
     n, c, m = _group_norm_shape(x)
     tiny = torch.finfo(x.dtype).tiny
     if _flat_kernels(x):
-        _, mean, inv_std = torch.native_group_norm(x, None, None, n, c, m, c, tiny)
-        return mean, inv_std
+        scratch, mean, inv_std = torch.native_group_norm(x, None, None, n, c, m, c, tiny)
+        return mean, inv_std, scratch
     var, mean = torch.var_mean(x.view(n, c, -1) if x.dim() == 2 else x,
                                list(range(2, max(x.dim(), 3))), correction=0)
-    return mean.view(n, c), torch.rsqrt(var.view(n, c) + tiny)
+    return mean.view(n, c), torch.rsqrt(var.view(n, c) + tiny), None
 
 
 def point_basis(**factory_kwargs) -> Tensor:
@@ -466,19 +468,20 @@ def _channel_view(t: Tensor, x: Tensor) -> Tensor:
 
 
 def _affine_pass(x: Tensor, center: Tensor, inv_std: Tensor, var: Optional[Tensor],
-                 scale: Tensor, shift: Tensor) -> Tensor:
+                 scale: Tensor, shift: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """``scale r (x - center) + shift`` with ``(N, C)`` coefficients, ``r = inv_std``
     ``= 1 / sqrt(var)``: one pass.
 
     An inference-mode batch norm over the ``(1, N·C, M)`` view with ``var`` (given where
     :func:`_flat_kernels`; 2-3× faster on the CPU than a broadcasting ``addcmul``), otherwise
-    the plain expression with ``inv_std``, in ``x``'s layout.
+    the plain expression with ``inv_std``, in ``x``'s layout. ``out``: a contiguous tensor like
+    ``x`` to write into (flat kernels only; otherwise a new one).
     """
     if _flat_kernels(x):
         n, c, m = _group_norm_shape(x)
         # Written into a tensor of x's shape, not returned as a view of the kernel's output:
         # a Function's output that is a view cannot be modified in place (ReLU(inplace=True)).
-        out = torch.empty_like(x)
+        out = torch.empty_like(x) if out is None else out
         unused = [torch.empty(0, dtype=x.dtype, device=x.device) for _ in range(2)]
         torch.native_batch_norm(x.view(1, n * c, m), scale.view(-1), shift.view(-1),
                                 center.view(-1), var.view(-1), False, 0.0, 0.0,
@@ -537,7 +540,8 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, sample_mean: Tensor, inv_std: Tensor, points: Tensor,
                 center: Tensor, var: Tensor, bn_weight: Tensor, bn_bias: Tensor, weight: Tensor,
                 bias: Tensor, num_groups: int, eps: float, grad_mode: str,
-                count: Optional[Tensor], half_basis: Tensor) -> Tensor:
+                count: Optional[Tensor], half_basis: Tensor,
+                scratch: List[Optional[Tensor]]) -> Tensor:
         n, c = sample_mean.shape
         point_y = torch.native_batch_norm(points, bn_weight, bn_bias, center, var, False, 0.0,
                                           eps)[0]
@@ -548,7 +552,7 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
         ctx.num_groups, ctx.eps, ctx.grad_mode = num_groups, eps, grad_mode
         ctx.save_for_backward(x, sample_mean, inv_std, sample_var, points, point_y, center, var,
                               bn_weight, weight, group_mean, group_inv_std, count, half_basis)
-        return _affine_pass(x, sample_mean, inv_std, sample_var, spread, shift)
+        return _affine_pass(x, sample_mean, inv_std, sample_var, spread, shift, scratch.pop())
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -586,7 +590,7 @@ class _TwoPassBatchChannelNorm(torch.autograd.Function):
         grad_x = _affine_pass(x, sample_mean, inv_std, sample_var, spread, shift)
         grad_x.addcmul_(grad_out, _channel_view(out_scale, x).to(grad_out.dtype))
         return (grad_x, None, None, None, None, None, grad_bn_weight, grad_bn_bias, grad_weight,
-                grad_bias, None, None, None, None, None)
+                grad_bias, None, None, None, None, None, None)
 
 
 def two_pass_batch_channel_norm(x: Tensor,
@@ -603,7 +607,8 @@ def two_pass_batch_channel_norm(x: Tensor,
                                 eps: float,
                                 grad_mode: str = 'estimates',
                                 count: Optional[Tensor] = None,
-                                basis: Optional[Tensor] = None) -> Tensor:
+                                basis: Optional[Tensor] = None,
+                                scratch: Optional[Tensor] = None) -> Tensor:
     """BCN at GroupNorm's memory traffic: ``z = A (x - μ) + B`` per (sample, channel).
 
     The path for large maps: the passes over the activations are those of ``nn.GroupNorm``
@@ -620,6 +625,8 @@ def two_pass_batch_channel_norm(x: Tensor,
         bn_weight, bn_bias, weight, bias, num_groups, eps, grad_mode, count: As
             :func:`batch_channel_norm`.
         basis: :func:`point_basis` (built here when ``None``).
+        scratch: :func:`sample_moments`' scratch tensor, overwritten with ``z`` (``None``: a
+            new tensor).
 
     Returns:
         ``z``, same shape, dtype and memory format as ``x``.
@@ -628,7 +635,10 @@ def two_pass_batch_channel_norm(x: Tensor,
         basis = point_basis(dtype=points.dtype, device=points.device)
     return _TwoPassBatchChannelNorm.apply(x, sample_mean, inv_std, points, center, var,
                                           bn_weight, bn_bias, weight, bias, num_groups, eps,
-                                          grad_mode, count, basis.to(points.dtype))
+                                          grad_mode, count, basis.to(points.dtype),
+                                          # In a list: autograd would take a tensor argument
+                                          # returned as the output for a view of an input.
+                                          [scratch])
 
 
 def batch_channel_norm_reference(x: Tensor, mean: Tensor, var: Tensor, bn_weight: Tensor,
