@@ -12,11 +12,14 @@ finishes (a run stopped by a time limit keeps what it did):
 
 1. ``signatures``: the schemas of the operators the layers call, against the ones they were
    written for, and one call of each on the device.
-2. ``reference``: BCN (modes micro, batch, sync; paths few_ops, two_pass) over 3 training steps
+2. ``reference``: BCN (modes micro, batch, sync; paths few_ops, two_pass, and on CUDA
+   two_pass_flat: the two-pass path on the batch-norm kernels over the ``(1, N·C, M)`` view
+   that the CPU takes, to decide whether CUDA should take them too) over 3 training steps
    and ConvWS (unbiased x eps_inside_sqrt) on the device against a float64 CPU reference written
    here from the equations (outputs, input and parameter gradients, BCN's estimates and step
    counter), in float32 and under float16/bfloat16 autocast, contiguous and channels_last.
-3. ``kernels``: device kernels per fwd+bwd (torch.profiler) and host synchronizations.
+3. ``kernels``: device kernels per fwd+bwd (torch.profiler) and host synchronizations (the
+   BCN paths as in 2).
 4. ``timing``: layer fwd+bwd against GroupNorm / Conv2d, CUDA events, interleaved, medians.
 5. ``resnet50``: torchvision's ResNet-50 train step at 1x3x512x512 with GN, GN+WS, BCN+WS.
 6. ``compile``: ``torch.compile(fullgraph=True)`` of BCN over 3 shapes against eager.
@@ -37,6 +40,7 @@ gradient is rounded to the input's dtype: fp16 2e-3, bf16 1.6e-2; ConvWS's conv 
 autocast dtype: fp16 5e-3, bf16 4e-2; compiled against eager, float32: 1e-4.
 """
 import argparse
+import contextlib
 import copy
 import importlib
 import json
@@ -267,6 +271,33 @@ def bcn_inputs(shape: Sequence[int], steps: int, gen: torch.Generator) -> List[T
             for _ in range(steps)]
 
 
+@contextlib.contextmanager
+def flat_kernels_on(layers, device: torch.device):
+    """Within: BCN's two-pass path streams contiguous maps on ``device`` through the batch-norm
+    kernels over the ``(1, N·C, M)`` view, as it does on the CPU (``two_pass_flat``)."""
+    functional = layers.functional
+    saved = functional.FLAT_KERNEL_DEVICES
+    functional.FLAT_KERNEL_DEVICES = (*saved, device.type)
+    try:
+        yield
+    finally:
+        functional.FLAT_KERNEL_DEVICES = saved
+
+
+def bcn_paths(layers, device: torch.device) -> List[str]:
+    """The training paths checked: both, and the two-pass path on the flat kernels where
+    ``device`` does not take them by default."""
+    flat = [] if device.type in layers.functional.FLAT_KERNEL_DEVICES else ['two_pass_flat']
+    return ['few_ops', 'two_pass', *flat]
+
+
+def path_context(layers, device: torch.device, path: str):
+    """``(training_path, context)`` of a :func:`bcn_paths` entry."""
+    if path == 'two_pass_flat':
+        return 'two_pass', flat_kernels_on(layers, device)
+    return path, contextlib.nullcontext()
+
+
 def check_bcn(layers, device: torch.device, mode: str, path: str, precision: str,
               channels_last: bool, shape: Sequence[int], groups: int, steps: int = 3) -> Dict:
     """``steps`` training steps of ``BCN`` on ``device`` against :func:`reference_bcn_step`."""
@@ -380,15 +411,17 @@ def check_reference(layers, device: torch.device, quick: bool) -> Dict:
     bcn, conv_ws = {}, {}
     try:
         for mode in ('micro', 'batch', 'sync'):
-            for path in ('few_ops', 'two_pass'):
+            for path in bcn_paths(layers, device):
                 # 'sync' on one process takes the local statistics (the all-reduce runs only
                 # when world_size > 1), so one precision and layout show it runs.
                 variants = ([('float32', False)] if mode == 'sync' else
                             [(p, cl) for p in precisions for cl in (False, True)])
                 for precision, channels_last in variants:
                     key = f'{mode}/{path}/{precision}/{LAYOUTS[channels_last]}'
-                    bcn[key] = check_bcn(layers, device, mode, path, precision, channels_last,
-                                         bcn_shape, groups)
+                    training_path, context = path_context(layers, device, path)
+                    with context:
+                        bcn[key] = check_bcn(layers, device, mode, training_path, precision,
+                                             channels_last, bcn_shape, groups)
         for unbiased, inside in CONV_WS_FORMS:
             for precision in precisions:
                 for channels_last in (False, True):
@@ -415,16 +448,24 @@ def check_reference(layers, device: torch.device, quick: bool) -> Dict:
 # 3. Kernels per fwd+bwd.
 
 
-def layer_factories(layers, channels: int) -> Dict[str, Callable[[], nn.Module]]:
-    """The normalization layers compared, by name."""
+def layer_factories(layers, channels: int,
+                    device: torch.device) -> Dict[str, Callable[[], nn.Module]]:
+    """The normalization layers compared, by name (a BCN on ``two_pass_flat`` carries the
+    context :func:`fwd_bwd` runs it in)."""
     def bcn(mode: str, path: str) -> Callable[[], nn.Module]:
-        return lambda: layers.BCN(channels, num_groups=32, mode=mode, training_path=path)
-    return {'GroupNorm': lambda: nn.GroupNorm(32, channels),
-            'BatchNorm2d': lambda: nn.BatchNorm2d(channels),
-            'BCN micro few_ops': bcn('micro', 'few_ops'),
-            'BCN micro two_pass': bcn('micro', 'two_pass'),
-            'BCN batch few_ops': bcn('batch', 'few_ops'),
-            'BCN batch two_pass': bcn('batch', 'two_pass')}
+        def build() -> nn.Module:
+            layer = layers.BCN(channels, num_groups=32, mode=mode,
+                               training_path=path.replace('two_pass_flat', 'two_pass'))
+            if path == 'two_pass_flat':
+                layer.gpu_check_context = lambda: flat_kernels_on(layers, device)
+            return layer
+        return build
+    factories = {'GroupNorm': lambda: nn.GroupNorm(32, channels),
+                 'BatchNorm2d': lambda: nn.BatchNorm2d(channels)}
+    for mode in ('micro', 'batch'):
+        for path in bcn_paths(layers, device):
+            factories[f'BCN {mode} {path}'] = bcn(mode, path)
+    return factories
 
 
 def conv_factories(layers, channels: int) -> Dict[str, Callable[[], nn.Module]]:
@@ -445,7 +486,8 @@ def conv_factories(layers, channels: int) -> Dict[str, Callable[[], nn.Module]]:
 
 def fwd_bwd(module: nn.Module, x: Tensor, grad: Tensor) -> None:
     """One training fwd+bwd of ``module`` (gradients accumulate; nothing is read back)."""
-    module(x).backward(grad)
+    with getattr(module, 'gpu_check_context', contextlib.nullcontext)():
+        module(x).backward(grad)
 
 
 def count_kernels(module: nn.Module, x: Tensor, grad: Tensor) -> Dict:
@@ -488,7 +530,8 @@ def check_kernels(layers, device: torch.device, quick: bool) -> Dict:
     x = torch.randn(*shape, generator=gen).to(device)
     grad = torch.randn(*shape, generator=gen).to(device)
     counts = {}
-    factories = {**layer_factories(layers, shape[1]), **conv_factories(layers, shape[1])}
+    factories = {**layer_factories(layers, shape[1], device),
+                 **conv_factories(layers, shape[1])}
     for name, factory in factories.items():
         counts[name] = count_kernels(factory().to(device).train(), x, grad)
     result = {'shape': shape, 'counts': counts}
@@ -551,7 +594,7 @@ def time_layers(layers, device: torch.device, quick: bool, clock: Clock) -> Dict
         x = torch.randn(*shape, generator=gen).to(device)
         grad = torch.randn(*shape, generator=gen).to(device)
         entry = {}
-        for kind, factories, baseline in (('norm', layer_factories(layers, shape[1]),
+        for kind, factories, baseline in (('norm', layer_factories(layers, shape[1], device),
                                            'GroupNorm'),
                                           ('conv', conv_factories(layers, shape[1]), 'Conv2d')):
             modules = {name: f().to(device).train() for name, f in factories.items()}

@@ -131,3 +131,34 @@ def test_checks_fail_on_a_wrong_layer():
         print(json.dumps({{'bcn': bcn['pass'], 'conv_ws': conv['pass']}}))
         """)
     assert json.loads(process.stdout.splitlines()[-1]) == {'bcn': False, 'conv_ws': False}
+
+
+def test_flat_kernel_variant_switches_and_checks():
+    """Where a device does not take the flat kernels (CUDA today), the check adds the
+    ``two_pass_flat`` variants, which run the two-pass path on them: simulated on the CPU by
+    taking the CPU off ``FLAT_KERNEL_DEVICES``."""
+    process = run_python(f"""
+        import json
+        spec = importlib.util.spec_from_file_location('gpu_check', {str(SCRIPT)!r})
+        check = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(check)
+        layers = check.load_layers()
+        cpu, functional = check.torch.device('cpu'), layers.functional
+        functional.FLAT_KERNEL_DEVICES = ()
+        x = check.torch.randn(2, 32, 4, 4)
+        result = {{'paths': check.bcn_paths(layers, cpu), 'plain': functional._flat_kernels(x)}}
+        with check.flat_kernels_on(layers, cpu):
+            result['inside'] = functional._flat_kernels(x)
+            result['check'] = check.check_bcn(layers, cpu, 'batch', 'two_pass', 'float32',
+                                              False, (2, 8, 4, 4), 2)['pass']
+        result['after'] = functional._flat_kernels(x)
+        factories = check.layer_factories(layers, 32, cpu)
+        layer = factories['BCN micro two_pass_flat']()
+        with layer.gpu_check_context():
+            result['factory'] = functional._flat_kernels(x)
+        check.fwd_bwd(layer, x.requires_grad_(), check.torch.ones_like(x))
+        print(json.dumps(result))
+        """)
+    assert json.loads(process.stdout.splitlines()[-1]) == {
+        'paths': ['few_ops', 'two_pass', 'two_pass_flat'], 'plain': False, 'inside': True,
+        'check': True, 'after': False, 'factory': True}

@@ -24,9 +24,7 @@ MODES = ('micro', 'batch', 'sync')
 TRAINING_PATHS = ('auto', 'few_ops', 'two_pass')
 #: ``training_path='auto'`` takes the two-pass path for inputs of at least this many elements:
 #: below, the operators on ``(N, C)`` tensors, not the passes over the maps, set the time
-#: (CPU, 2 threads, BCN / GroupNorm few-ops vs two-pass: 4.4 / 5.1 at 1×256×32², 5.6 / 3.7 at
-#: 2×64×64², 5.6 / 5.8 at 64×256×7², 3.5 / 2.5 at 512×256×7²; compiled, the two-pass path
-#: is the faster one at 512×256×7² and 128×256×14² too).
+#: (measured on a CPU, eager and compiled: docs/performance.md).
 TWO_PASS_MIN_NUMEL = 2**19
 
 

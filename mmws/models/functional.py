@@ -327,10 +327,18 @@ def _group_norm_shape(x: Tensor) -> Tuple[int, int, int]:
     return n, c, x[0, 0].numel() if n else int(torch.Size(x.shape[2:]).numel())
 
 
+#: Devices on which the two-pass path's passes over the maps run as batch-norm kernels over the
+#: ``(1, N·C, M)`` view; elsewhere as plain expressions. ``benchmarks/gpu_check.py`` checks and
+#: times those kernels on CUDA (its ``two_pass_flat`` variants) before CUDA may join.
+FLAT_KERNEL_DEVICES = ('cpu', )
+
+
 def _flat_kernels(x: Tensor) -> bool:
-    """Whether the per-(sample, channel) passes run as native CPU kernels over the
-    ``(1, N·C, M)`` view (eager, contiguous; the compiler fuses the plain expressions)."""
-    return x.device.type == 'cpu' and x.is_contiguous() and not torch.compiler.is_compiling()
+    """Whether the per-(sample, channel) passes run as native kernels over the
+    ``(1, N·C, M)`` view (:data:`FLAT_KERNEL_DEVICES`, eager, contiguous; the compiler fuses
+    the plain expressions)."""
+    return (x.device.type in FLAT_KERNEL_DEVICES and x.is_contiguous()
+            and not torch.compiler.is_compiling())
 
 
 class _BatchChannelNorm(torch.autograd.Function):
@@ -477,7 +485,7 @@ def _affine_pass(x: Tensor, center: Tensor, inv_std: Tensor, var: Optional[Tenso
     the plain expression with ``inv_std``, in ``x``'s layout. ``out``: a contiguous tensor like
     ``x`` to write into (flat kernels only; otherwise a new one).
     """
-    if _flat_kernels(x):
+    if var is not None and _flat_kernels(x):
         n, c, m = _group_norm_shape(x)
         # Written into a tensor of x's shape, not returned as a view of the kernel's output:
         # a Function's output that is a view cannot be modified in place (ReLU(inplace=True)).
