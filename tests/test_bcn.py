@@ -537,6 +537,35 @@ def test_auto_path_by_size():
     assert BCN(64, training_path='few_ops')._path(large) == 'few_ops'
 
 
+def test_two_pass_allocates_one_input_sized_tensor_as_group_norm():
+    """The output pass overwrites the statistics pass's output (CPU): a training forward
+    allocates one tensor of the input's size, as nn.GroupNorm's does."""
+    from torch.profiler import ProfilerActivity, profile
+    x = torch.randn(2, 64, 64, 64)
+
+    def input_sized_allocations(layer):
+        layer(x)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            layer(x)
+        return sum(event.cpu_memory_usage >= x.nbytes and not (
+            event.cpu_parent and event.cpu_parent.cpu_memory_usage >= x.nbytes)
+                   for event in prof.events())
+
+    assert input_sized_allocations(nn.GroupNorm(32, 64)) == 1
+    assert input_sized_allocations(BCN(64, training_path='two_pass').train()) == 1
+
+
+def test_half_sums_are_contiguous_rows():
+    """The per-(sample, channel) coefficients reach the CPU batch-norm kernels contiguous
+    (strided ones take its slow path)."""
+    from mmws.models.functional import _half_sums, point_basis
+    points = torch.randn(3, 8, 2)
+    shift, spread = _half_sums(points, point_basis())
+    assert shift.is_contiguous() and spread.is_contiguous()
+    torch.testing.assert_close(shift, points.mean(-1))
+    torch.testing.assert_close(spread, (points[..., 0] - points[..., 1]) / 2)
+
+
 def test_two_pass_float32_accuracy_on_spread_channel_means():
     """Channel means 100× their spread, 2×256×64²: the two-pass path's float32 error (output,
     input gradient; max abs against float64) within 1.5× the few-operator path's."""
