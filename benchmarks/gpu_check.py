@@ -454,10 +454,9 @@ def layer_factories(layers, channels: int,
     context :func:`fwd_bwd` runs it in)."""
     def bcn(mode: str, path: str) -> Callable[[], nn.Module]:
         def build() -> nn.Module:
-            layer = layers.BCN(channels, num_groups=32, mode=mode,
-                               training_path=path.replace('two_pass_flat', 'two_pass'))
-            if path == 'two_pass_flat':
-                layer.gpu_check_context = lambda: flat_kernels_on(layers, device)
+            training_path, _ = path_context(layers, device, path)
+            layer = layers.BCN(channels, num_groups=32, mode=mode, training_path=training_path)
+            layer.gpu_check_context = lambda: path_context(layers, device, path)[1]
             return layer
         return build
     factories = {'GroupNorm': lambda: nn.GroupNorm(32, channels),
